@@ -1,0 +1,103 @@
+"""The one place that wires adapters to use cases. Both ``create_app`` and the standalone worker
+build their object graph here, from one Settings object."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from apiinone.config import Settings
+from apiinone.db.database import Database
+from apiinone.domain.catalog import Catalog
+from apiinone.providers.registry import ProviderRegistry
+from apiinone.services.accounts import AccountService, ApiKeyAuthenticator
+from apiinone.services.tasks import TaskService
+from apiinone.storage import storage_from_url
+from apiinone.storage.base import Storage
+from apiinone.webhooks.egress import EgressPolicy, guarded_transport
+from apiinone.worker.runner import TaskWorker, WorkerOptions
+from apiinone.worker.wakeup import PostgresListener, Wakeup
+
+
+@dataclass
+class Container:
+    settings: Settings
+    db: Database
+    catalog: Catalog
+    providers: ProviderRegistry
+    storage: Storage
+    egress: EgressPolicy
+    fetch_client: httpx.AsyncClient
+    accounts: AccountService
+    keys: ApiKeyAuthenticator
+    tasks: TaskService
+    task_wakeup: Wakeup
+    webhook_wakeup: Wakeup
+    listeners: list[PostgresListener] = field(default_factory=list)
+    worker: TaskWorker | None = None
+    task_finished_hooks: list[Callable[..., None]] = field(default_factory=list)
+
+    def catalog_source(self) -> Catalog:
+        return self.catalog
+
+    def base_url(self) -> str:
+        return self.settings.base_url()
+
+    def make_worker(self, node: str | None = None, concurrency: int | None = None,
+                    models: tuple[str, ...] | None = None) -> TaskWorker:
+        s = self.settings
+        options = WorkerOptions(
+            node=node or s.node_name or socket.gethostname(), concurrency=concurrency or s.worker_concurrency,
+            lease_s=s.task_lease_s, max_attempts=s.task_max_attempts, poll_s=s.worker_poll_s, models=models,
+        )
+        self.worker = TaskWorker(self.db, self.tasks, self.catalog_source, self.providers, self.storage,
+                                 self.fetch_client, options, files_base_url=self.base_url,
+                                 wakeup=self.task_wakeup)
+        return self.worker
+
+    async def start_listeners(self) -> None:
+        if self.db.dialect == "postgresql":
+            listener = PostgresListener(self.db.url, {"apiinone_tasks": self.task_wakeup,
+                                                      "apiinone_webhooks": self.webhook_wakeup})
+            await listener.start()
+            self.listeners.append(listener)
+
+    async def aclose(self) -> None:
+        for listener in self.listeners:
+            await listener.stop()
+        await self.providers.aclose()
+        await self.fetch_client.aclose()
+        await self.db.dispose()
+
+
+def build_container(settings: Settings) -> Container:
+    db = Database(settings.resolved_database_url, pool_size=settings.db_pool_size,
+                  busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    catalog = Catalog.load(settings.models_file)
+    providers = ProviderRegistry(settings)
+    egress = EgressPolicy.from_setting(settings.egress_allow)
+    fetch_client = httpx.AsyncClient(transport=guarded_transport(egress), follow_redirects=False,
+                                     timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False)
+    task_wakeup = Wakeup()
+    webhook_wakeup = Wakeup()
+    container = Container(
+        settings=settings, db=db, catalog=catalog, providers=providers,
+        storage=storage_from_url(settings.resolved_storage_url), egress=egress, fetch_client=fetch_client,
+        accounts=AccountService(db, starter_credits=settings.starter_credits),
+        keys=ApiKeyAuthenticator(db, ttl_s=settings.key_cache_ttl_s),
+        tasks=None,  # type: ignore[arg-type]  # set just below: it needs the container's callbacks
+        task_wakeup=task_wakeup, webhook_wakeup=webhook_wakeup,
+    )
+
+    def on_task_finished(task: object) -> None:
+        for hook in container.task_finished_hooks:
+            hook(task)
+
+    container.tasks = TaskService(
+        db, container.catalog_source, is_available=providers.is_available, base_url=container.base_url,
+        on_task_created=task_wakeup.set, on_task_finished=on_task_finished,
+    )
+    return container

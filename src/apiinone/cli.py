@@ -1,0 +1,227 @@
+"""The ``apiinone`` command line: serve, worker, db, admin."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+
+from apiinone.config import Settings
+
+app = typer.Typer(help="apiinone: one API, one key, one credit balance for many AI models.",
+                  no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+admin_app = typer.Typer(help="Accounts, keys and credits.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(admin_app, name="admin")
+
+T = TypeVar("T")
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _migrate_embedded(settings: Settings) -> None:
+    if settings.is_sqlite:
+        from apiinone.db.migrate import upgrade
+
+        upgrade(settings.resolved_database_url)
+
+
+def _run_with_container(settings: Settings, body: Callable[..., Awaitable[T]]) -> T:
+    from apiinone.bootstrap import build_container
+
+    async def main() -> T:
+        container = build_container(settings)
+        try:
+            return await body(container)
+        finally:
+            await container.aclose()
+
+    return asyncio.run(main())
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    from apiinone.errors import ApiError
+
+    message = exc.message if isinstance(exc, ApiError) else str(exc)
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="Do not run the embedded worker.")] = False,
+    workers: Annotated[int, typer.Option(help="API processes (PostgreSQL for more than one).")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """API + dashboard + an embedded worker; migrates the embedded database first."""
+    import os
+
+    import uvicorn
+
+    from apiinone.logging import configure_logging
+
+    settings = _settings()
+    if not settings.public_url:
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        os.environ["APIINONE_PUBLIC_URL"] = f"http://{shown}:{port}"
+        settings = _settings()
+    configure_logging(settings.log_level, settings.log_json)
+    _migrate_embedded(settings)
+    settings.resolved_secret_key()
+    if workers > 1:
+        if settings.is_sqlite and not no_worker:
+            typer.echo("note: with SQLite and several API processes only the first runs a worker", err=True)
+        os.environ["APIINONE_EMBEDDED_WORKER"] = "0" if no_worker else "1"
+        uvicorn.run("apiinone.web.factory:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    loop="uvloop", http="httptools", access_log=access_log, log_level="warning",
+                    timeout_graceful_shutdown=25)
+        return
+    from apiinone.web.app import create_app
+
+    application = create_app(settings, embedded_worker=not no_worker, migrate=False)
+    uvicorn.run(application, host=host, port=port, loop="uvloop", http="httptools", access_log=access_log,
+                log_level="warning", timeout_graceful_shutdown=25)
+
+
+@app.command()
+def worker(
+    node: Annotated[str | None, typer.Option(help="Node name shown on tasks (default: host name).")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Tasks run at once.")] = None,
+    models: Annotated[str | None, typer.Option(help="Comma-separated model ids this node serves.")] = None,
+) -> None:
+    """A standalone worker on a named node."""
+    from apiinone.logging import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_json)
+    _migrate_embedded(settings)
+    model_list = tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
+
+    async def body(container: object) -> None:
+        from apiinone.bootstrap import Container
+        from apiinone.webhooks.delivery import start_delivery_worker
+
+        assert isinstance(container, Container)
+        await container.start_listeners()
+        if model_list is not None:
+            model_ids = []
+            for name in model_list:
+                spec = container.catalog.resolve(name)
+                if spec is None:
+                    raise typer.BadParameter(f"unknown model {name!r}")
+                model_ids.append(spec.id)
+            task_worker = container.make_worker(node, concurrency, tuple(model_ids))
+        else:
+            task_worker = container.make_worker(node, concurrency)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await task_worker.start()
+        delivery = await start_delivery_worker(container)
+        typer.echo(f"worker {task_worker.options.node} running (concurrency {task_worker.options.concurrency})",
+                   err=True)
+        await stop.wait()
+        if delivery is not None:
+            await delivery.stop()
+        await task_worker.stop()
+
+    _run_with_container(settings, body)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Run the database migrations."""
+    from apiinone.db.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.resolved_database_url, revision)
+    typer.echo("database is up to date", err=True)
+
+
+@admin_app.command("create-user")
+def create_user(
+    email: str,
+    password: Annotated[str | None, typer.Option(help="Login password (min 8 chars).")] = None,
+    credits: Annotated[int, typer.Option(help="Starting credits (a grant).")] = 0,
+    admin: Annotated[bool, typer.Option("--admin", help="Make an administrator.")] = False,
+) -> None:
+    """Create an account."""
+    settings = _settings()
+    _migrate_embedded(settings)
+
+    async def body(container: object) -> str:
+        from apiinone.bootstrap import Container
+
+        assert isinstance(container, Container)
+        account = await container.accounts.create_user(email, password, credits=credits, admin=admin)
+        return account.id
+
+    try:
+        account_id = _run_with_container(settings, body)
+    except Exception as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"created account {account_id} ({email})", err=True)
+
+
+@admin_app.command("create-key")
+def create_key(email: str, name: Annotated[str, typer.Option(help="A label for the key.")] = "cli") -> None:
+    """Print a new API key, alone, on stdout."""
+    settings = _settings()
+    _migrate_embedded(settings)
+
+    async def body(container: object) -> str:
+        from apiinone.bootstrap import Container
+
+        assert isinstance(container, Container)
+        account = await container.accounts.get_by_email(email)
+        created = await container.accounts.create_api_key(account.id, name)
+        return created.plaintext
+
+    try:
+        key = _run_with_container(settings, body)
+    except Exception as exc:
+        raise _fail(exc) from exc
+    sys.stdout.write(key + "\n")
+
+
+@admin_app.command("grant")
+def grant(email: str, credits: int, note: Annotated[str | None, typer.Option(help="Ledger note.")] = None) -> None:
+    """Add credits to an account (a ledger entry)."""
+    settings = _settings()
+    _migrate_embedded(settings)
+
+    async def body(container: object) -> int:
+        from apiinone.bootstrap import Container
+
+        assert isinstance(container, Container)
+        account = await container.accounts.get_by_email(email)
+        updated = await container.accounts.grant(account.id, credits, note=note, actor="cli")
+        return updated.credits.available
+
+    try:
+        available = _run_with_container(settings, body)
+    except Exception as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"granted {credits} credits to {email}; available now {available}", err=True)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

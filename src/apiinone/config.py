@@ -1,0 +1,86 @@
+"""Typed settings: one object, read once from the environment and passed everywhere."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "changethis", "dev", "development"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="APIINONE_", extra="ignore", populate_by_name=True)
+
+    env: Literal["development", "production", "test"] = "development"
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    redis_url: str | None = None
+    storage_url: str | None = None
+    public_url: str | None = None
+    secret_key: str | None = None
+    models_file: Path | None = None
+    egress_allow: str | None = None
+
+    openai_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "APIINONE_OPENAI_API_KEY")
+    )
+    openai_base_url: str = Field(
+        default="https://api.openai.com/v1",
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "APIINONE_OPENAI_BASE_URL"),
+    )
+    openai_timeout_s: float = 120.0
+    openai_max_retries: int = 3
+    openai_backoff_s: float = 1.0
+
+    task_lease_s: float = 30.0
+    task_max_attempts: int = 3
+    worker_concurrency: int = 8
+    worker_poll_s: float = 1.0
+    node_name: str | None = None
+
+    key_cache_ttl_s: float = 2.0
+    starter_credits: int = 0
+    log_level: str = "INFO"
+    log_json: bool = True
+    db_pool_size: int = 10
+    sqlite_busy_timeout_ms: int = 10_000
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secret_in_production(self) -> Settings:
+        if self.env == "production" and (self.secret_key or "").strip().lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("APIINONE_SECRET_KEY must be set to a real secret in production")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'apiinone.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{self.data_dir.resolve() / 'files'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    def base_url(self, fallback: str = "http://127.0.0.1:8000") -> str:
+        return (self.public_url or fallback).rstrip("/")
+
+    def resolved_secret_key(self) -> str:
+        """The configured secret, or one generated once into the data dir (development only)."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(48)
+        path.write_text(value)
+        path.chmod(0o600)
+        return value

@@ -1,0 +1,1 @@
+"""Persistence adapters: engine, tables, repositories, the unit of work and the task queue."""

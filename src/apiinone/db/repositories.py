@@ -1,0 +1,312 @@
+"""Repositories: SQL in, domain objects out. They never commit; the unit of work does."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from apiinone.db import tables as t
+from apiinone.domain.accounts import Account, ApiKey
+from apiinone.domain.credits import Credits, LedgerEntry, LedgerKind
+from apiinone.domain.tasks import Task, TaskStatus
+from apiinone.ids import now_ms
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _unjson(value: str | None) -> Any:
+    return None if value is None else orjson.loads(value)
+
+
+def account_from_row(r: RowMapping) -> Account:
+    return Account(
+        id=r["id"], email=r["email"], password_hash=r["password_hash"], display_name=r["display_name"],
+        is_admin=bool(r["is_admin"]), disabled=bool(r["disabled"]),
+        credits=Credits(balance=int(r["balance"]), held=int(r["held"])),
+        webhook_secret=r["webhook_secret"], webhook_secret_prev=r["webhook_secret_prev"],
+        webhook_secret_prev_until=r["webhook_secret_prev_until"],
+        rate_limit_rpm=r["rate_limit_rpm"], max_concurrent_tasks=r["max_concurrent_tasks"],
+        locale=r["locale"], created_at=int(r["created_at"]),
+    )
+
+
+def api_key_from_row(r: RowMapping) -> ApiKey:
+    return ApiKey(
+        id=r["id"], account_id=r["account_id"], name=r["name"], prefix=r["prefix"],
+        allowed_models=tuple(_unjson(r["allowed_models"]) or ()) or None,
+        credit_budget=r["credit_budget"], credits_spent=int(r["credits_spent"]),
+        rate_limit_rpm=r["rate_limit_rpm"],
+        created_at=int(r["created_at"]), last_used_at=r["last_used_at"], revoked_at=r["revoked_at"],
+    )
+
+
+def task_from_row(r: RowMapping) -> Task:
+    return Task(
+        id=r["id"], account_id=r["account_id"], api_key_id=r["api_key_id"], model=r["model"],
+        type=r["type"], status=TaskStatus(r["status"]), input=orjson.loads(r["input"]),
+        output=_unjson(r["output"]), error=_unjson(r["error"]), price=int(r["price"]),
+        charged=int(r["charged"]), callback_url=r["callback_url"], node=r["node"],
+        created_at=int(r["created_at"]), started_at=r["started_at"], finished_at=r["finished_at"],
+        attempts=int(r["attempts"]), lease_token=r["lease_token"], lease_expires_at=r["lease_expires_at"],
+    )
+
+
+class AccountRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def add(self, account: Account, password_hash: str | None) -> None:
+        await self.conn.execute(insert(t.accounts).values(
+            id=account.id, email=account.email, password_hash=password_hash,
+            display_name=account.display_name, is_admin=account.is_admin, disabled=account.disabled,
+            balance=0, held=0, webhook_secret=account.webhook_secret, created_at=account.created_at,
+        ))
+
+    async def get(self, account_id: str) -> Account | None:
+        row = (await self.conn.execute(select(t.accounts).where(t.accounts.c.id == account_id))).mappings().first()
+        return account_from_row(row) if row else None
+
+    async def get_by_email(self, email: str) -> Account | None:
+        row = (await self.conn.execute(
+            select(t.accounts).where(t.accounts.c.email == email.strip().lower())
+        )).mappings().first()
+        return account_from_row(row) if row else None
+
+    async def count(self) -> int:
+        return int((await self.conn.execute(select(func.count()).select_from(t.accounts))).scalar_one())
+
+    async def list(self, *, query: str | None = None, limit: int = 50, offset: int = 0) -> list[Account]:
+        stmt = select(t.accounts).order_by(t.accounts.c.created_at.desc()).limit(limit).offset(offset)
+        if query:
+            stmt = stmt.where(t.accounts.c.email.contains(query.strip().lower(), autoescape=True))
+        return [account_from_row(r) for r in (await self.conn.execute(stmt)).mappings()]
+
+    async def update(self, account_id: str, **values: Any) -> None:
+        await self.conn.execute(update(t.accounts).where(t.accounts.c.id == account_id).values(**values))
+
+    async def credits(self, account_id: str) -> Credits:
+        row = (await self.conn.execute(
+            select(t.accounts.c.balance, t.accounts.c.held).where(t.accounts.c.id == account_id)
+        )).first()
+        if row is None:
+            return Credits(0, 0)
+        return Credits(balance=int(row[0]), held=int(row[1]))
+
+    async def try_hold(self, account_id: str, amount: int) -> bool:
+        """Hold ``amount`` iff available stays ≥ 0: one conditional UPDATE, atomic on both engines."""
+        result = await self.conn.execute(
+            update(t.accounts)
+            .where(t.accounts.c.id == account_id, t.accounts.c.balance - t.accounts.c.held >= amount)
+            .values(held=t.accounts.c.held + amount)
+        )
+        return result.rowcount == 1
+
+    async def change(self, account_id: str, *, balance: int = 0, held: int = 0) -> None:
+        await self.conn.execute(
+            update(t.accounts).where(t.accounts.c.id == account_id).values(
+                balance=t.accounts.c.balance + balance, held=t.accounts.c.held + held
+            )
+        )
+
+    async def try_debit(self, account_id: str, amount: int) -> bool:
+        """Lower the balance iff available stays ≥ 0 (admin deductions)."""
+        result = await self.conn.execute(
+            update(t.accounts)
+            .where(t.accounts.c.id == account_id, t.accounts.c.balance - t.accounts.c.held >= amount)
+            .values(balance=t.accounts.c.balance - amount)
+        )
+        return result.rowcount == 1
+
+
+class ApiKeyRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def add(self, key: ApiKey, key_hash: str) -> None:
+        await self.conn.execute(insert(t.api_keys).values(
+            id=key.id, account_id=key.account_id, name=key.name, prefix=key.prefix, key_hash=key_hash,
+            allowed_models=_json(list(key.allowed_models)) if key.allowed_models else None,
+            credit_budget=key.credit_budget, credits_spent=0, rate_limit_rpm=key.rate_limit_rpm,
+            created_at=key.created_at,
+        ))
+
+    async def get_by_hash(self, key_hash: str) -> tuple[ApiKey, Account] | None:
+        stmt = (
+            select(t.api_keys, t.accounts.c.id.label("acc_id"))
+            .join(t.accounts, t.accounts.c.id == t.api_keys.c.account_id)
+            .where(t.api_keys.c.key_hash == key_hash)
+        )
+        row = (await self.conn.execute(stmt)).mappings().first()
+        if row is None:
+            return None
+        account = await AccountRepository(self.conn).get(row["account_id"])
+        assert account is not None
+        return api_key_from_row(row), account
+
+    async def list_for_account(self, account_id: str) -> list[ApiKey]:
+        stmt = select(t.api_keys).where(t.api_keys.c.account_id == account_id).order_by(t.api_keys.c.created_at.desc())
+        return [api_key_from_row(r) for r in (await self.conn.execute(stmt)).mappings()]
+
+    async def revoke(self, account_id: str, key_id: str) -> bool:
+        result = await self.conn.execute(
+            update(t.api_keys)
+            .where(t.api_keys.c.id == key_id, t.api_keys.c.account_id == account_id, t.api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=now_ms())
+        )
+        return result.rowcount == 1
+
+    async def hash_of(self, key_id: str) -> str | None:
+        row = (await self.conn.execute(select(t.api_keys.c.key_hash).where(t.api_keys.c.id == key_id))).first()
+        return None if row is None else str(row[0])
+
+    async def touch(self, key_ids: Sequence[str], at: int) -> None:
+        if key_ids:
+            await self.conn.execute(update(t.api_keys).where(t.api_keys.c.id.in_(key_ids)).values(last_used_at=at))
+
+    async def try_spend(self, key_id: str, amount: int) -> bool:
+        """Count ``amount`` against the key's budget iff it stays within the budget."""
+        result = await self.conn.execute(
+            update(t.api_keys)
+            .where(
+                t.api_keys.c.id == key_id,
+                or_(t.api_keys.c.credit_budget.is_(None),
+                    t.api_keys.c.credits_spent + amount <= t.api_keys.c.credit_budget),
+            )
+            .values(credits_spent=t.api_keys.c.credits_spent + amount)
+        )
+        return result.rowcount == 1
+
+    async def refund(self, key_id: str, amount: int) -> None:
+        await self.conn.execute(
+            update(t.api_keys).where(t.api_keys.c.id == key_id)
+            .values(credits_spent=t.api_keys.c.credits_spent - amount)
+        )
+
+
+class LedgerRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def add(self, account_id: str, kind: LedgerKind, amount: int, *, task_id: str | None = None,
+                  note: str | None = None, actor: str | None = None, at: int | None = None) -> None:
+        await self.conn.execute(insert(t.ledger_entries).values(
+            account_id=account_id, kind=kind.value, amount=amount, task_id=task_id, note=note,
+            actor=actor, created_at=at or now_ms(),
+        ))
+
+    async def list(self, account_id: str, *, limit: int, before_id: int | None = None,
+                   kind: str | None = None) -> list[LedgerEntry]:
+        stmt = select(t.ledger_entries).where(t.ledger_entries.c.account_id == account_id)
+        if before_id is not None:
+            stmt = stmt.where(t.ledger_entries.c.id < before_id)
+        if kind:
+            stmt = stmt.where(t.ledger_entries.c.kind == kind)
+        stmt = stmt.order_by(t.ledger_entries.c.id.desc()).limit(limit)
+        return [
+            LedgerEntry(id=int(r["id"]), account_id=r["account_id"], kind=LedgerKind(r["kind"]),
+                        amount=int(r["amount"]), task_id=r["task_id"], note=r["note"],
+                        created_at=int(r["created_at"]))
+            for r in (await self.conn.execute(stmt)).mappings()
+        ]
+
+    async def sums(self, account_id: str) -> dict[str, int]:
+        stmt = (select(t.ledger_entries.c.kind, func.sum(t.ledger_entries.c.amount))
+                .where(t.ledger_entries.c.account_id == account_id).group_by(t.ledger_entries.c.kind))
+        return {str(k): int(v) for k, v in (await self.conn.execute(stmt)).all()}
+
+
+class TaskRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def add(self, task: Task) -> None:
+        await self.conn.execute(insert(t.tasks).values(
+            id=task.id, account_id=task.account_id, api_key_id=task.api_key_id, type=task.type,
+            model=task.model, status=task.status.value, input=orjson.dumps(task.input).decode(),
+            price=task.price, charged=0, callback_url=task.callback_url, attempts=0, run_after=0,
+            created_at=task.created_at,
+        ))
+
+    async def get(self, task_id: str, account_id: str | None = None) -> Task | None:
+        stmt = select(t.tasks).where(t.tasks.c.id == task_id)
+        if account_id is not None:
+            stmt = stmt.where(t.tasks.c.account_id == account_id)
+        row = (await self.conn.execute(stmt)).mappings().first()
+        return task_from_row(row) if row else None
+
+    async def list(self, account_id: str | None, *, limit: int, before_id: str | None = None,
+                   status: str | None = None, model: str | None = None) -> list[Task]:
+        stmt = select(t.tasks)
+        if account_id is not None:
+            stmt = stmt.where(t.tasks.c.account_id == account_id)
+        if before_id:
+            stmt = stmt.where(t.tasks.c.id < before_id)
+        if status:
+            stmt = stmt.where(t.tasks.c.status == status)
+        if model:
+            stmt = stmt.where(t.tasks.c.model == model)
+        stmt = stmt.order_by(t.tasks.c.id.desc()).limit(limit)
+        return [task_from_row(r) for r in (await self.conn.execute(stmt)).mappings()]
+
+    async def count_active(self, account_id: str) -> int:
+        stmt = select(func.count()).select_from(t.tasks).where(
+            t.tasks.c.account_id == account_id, t.tasks.c.status.in_(("queued", "running")))
+        return int((await self.conn.execute(stmt)).scalar_one())
+
+    async def finish(self, task_id: str, *, status: TaskStatus, from_statuses: Sequence[TaskStatus],
+                     lease_token: str | None = None, output: Any = None, error: Any = None,
+                     charged: int = 0, at: int) -> bool:
+        """Move a task to a terminal status iff it is still in one of ``from_statuses`` (and, for a
+        worker, still holds the lease): the compare-and-set that makes completion exactly-once."""
+        conds = [t.tasks.c.id == task_id, t.tasks.c.status.in_([s.value for s in from_statuses])]
+        if lease_token is not None:
+            conds.append(t.tasks.c.lease_token == lease_token)
+        result = await self.conn.execute(
+            update(t.tasks).where(and_(*conds)).values(
+                status=status.value, output=_json(output), error=_json(error), charged=charged,
+                finished_at=at, lease_token=None, lease_expires_at=None,
+            )
+        )
+        return result.rowcount == 1
+
+
+class IdempotencyRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def get(self, account_id: str, key: str) -> RowMapping | None:
+        stmt = select(t.idempotency_keys).where(
+            t.idempotency_keys.c.account_id == account_id, t.idempotency_keys.c.key == key)
+        return (await self.conn.execute(stmt)).mappings().first()
+
+    async def add(self, account_id: str, key: str, *, route: str, request_hash: str, status_code: int,
+                  response_body: bytes, task_id: str | None, at: int) -> None:
+        await self.conn.execute(insert(t.idempotency_keys).values(
+            account_id=account_id, key=key, route=route, request_hash=request_hash,
+            status_code=status_code, response_body=response_body.decode(), task_id=task_id, created_at=at,
+        ))
+
+    async def purge_older_than(self, cutoff_ms: int) -> int:
+        result = await self.conn.execute(delete(t.idempotency_keys).where(t.idempotency_keys.c.created_at < cutoff_ms))
+        return int(result.rowcount or 0)
+
+
+class WebhookRepository:
+    """Deliveries are enqueued in the transaction that ends the task, so none is ever lost."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def enqueue(self, *, delivery_id: str, task_id: str, account_id: str, url: str, payload: bytes,
+                      at: int) -> None:
+        await self.conn.execute(insert(t.webhook_deliveries).values(
+            id=delivery_id, task_id=task_id, account_id=account_id, url=url, payload=payload.decode(),
+            status="pending", attempts=0, next_attempt_at=at, created_at=at,
+        ))

@@ -1,0 +1,74 @@
+"""The unit of work: one database transaction and the repositories bound to it.
+
+It is the only thing that commits. Leaving the block without ``commit()`` rolls back, so a
+failure half way through a use case leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from apiinone.db.queue import QueueRepository
+from apiinone.db.repositories import (
+    AccountRepository,
+    ApiKeyRepository,
+    IdempotencyRepository,
+    LedgerRepository,
+    TaskRepository,
+    WebhookRepository,
+)
+
+if TYPE_CHECKING:
+    from apiinone.db.database import Database
+
+
+class SqlUnitOfWork:
+    accounts: AccountRepository
+    api_keys: ApiKeyRepository
+    tasks: TaskRepository
+    ledger: LedgerRepository
+    queue: QueueRepository
+    idempotency: IdempotencyRepository
+    webhooks: WebhookRepository
+    conn: AsyncConnection
+
+    def __init__(self, db: Database, *, write: bool) -> None:
+        self._db = db
+        self._write = write
+        self._stack = AsyncExitStack()
+        self._committed = False
+        self._after_commit: list[str] = []
+
+    async def __aenter__(self) -> SqlUnitOfWork:
+        self.conn = await self._stack.enter_async_context(self._db.connect(write=self._write))
+        await self.conn.begin()
+        self.accounts = AccountRepository(self.conn)
+        self.api_keys = ApiKeyRepository(self.conn)
+        self.tasks = TaskRepository(self.conn)
+        self.ledger = LedgerRepository(self.conn)
+        self.queue = QueueRepository(self.conn)
+        self.idempotency = IdempotencyRepository(self.conn)
+        self.webhooks = WebhookRepository(self.conn)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        try:
+            if not self._committed and self.conn.in_transaction():
+                await self.conn.rollback()
+        finally:
+            await self._stack.aclose()
+
+    async def commit(self) -> None:
+        await self.conn.commit()
+        self._committed = True
+
+    async def notify(self, channel: str, payload: str = "") -> None:
+        """PostgreSQL NOTIFY, delivered at commit (and dropped on rollback) to LISTENing workers."""
+        if self.conn.dialect.name == "postgresql":
+            await self.conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})

@@ -1,0 +1,1 @@
+"""Pure domain: tasks, credits and the model catalog. No HTTP, no SQL."""

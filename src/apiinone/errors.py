@@ -1,0 +1,106 @@
+"""The error tree. Each error maps to exactly one HTTP status and one stable ``code``.
+
+ApiError
+├── InvalidJson (400 invalid_json)
+├── InvalidParameter (400 invalid_parameter, ``param`` names the field)
+├── UrlNotAllowedError (400 url_not_allowed)
+├── Unauthorized (401 unauthorized)
+├── InsufficientCredits (402 insufficient_credits)
+├── Forbidden (403 forbidden)
+├── ModelNotFound / TaskNotFound / NotFound (404)
+├── IdempotencyConflict / TaskNotCancelable (409)
+├── PayloadTooLarge (413 payload_too_large)
+├── RateLimited (429 rate_limited, ``retry_after`` seconds)
+├── ModelUnavailable (503 model_unavailable)
+├── ServiceUnavailable (503 service_unavailable)
+└── InternalError (500 internal_error)
+"""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    status = 500
+    code = "internal_error"
+    default_message = "internal error"
+
+    def __init__(self, message: str | None = None, *, param: str | None = None) -> None:
+        self.message = message or self.default_message
+        self.param = param
+        super().__init__(self.message)
+
+    def to_body(self) -> dict[str, object]:
+        error: dict[str, object] = {"code": self.code, "message": self.message}
+        if self.param is not None:
+            error["param"] = self.param
+        return {"error": error}
+
+
+class InvalidJson(ApiError):
+    status, code, default_message = 400, "invalid_json", "request body is not valid JSON"
+
+
+class InvalidParameter(ApiError):
+    status, code, default_message = 400, "invalid_parameter", "invalid parameter"
+
+
+class UrlNotAllowedError(ApiError):
+    status, code, default_message = 400, "url_not_allowed", "URL not allowed"
+
+
+class Unauthorized(ApiError):
+    status, code, default_message = 401, "unauthorized", "missing or invalid API key"
+
+
+class InsufficientCredits(ApiError):
+    status, code, default_message = 402, "insufficient_credits", "not enough available credits"
+
+
+class Forbidden(ApiError):
+    status, code, default_message = 403, "forbidden", "forbidden"
+
+
+class ModelNotFound(ApiError):
+    status, code, default_message = 404, "model_not_found", "model not found"
+
+
+class TaskNotFound(ApiError):
+    status, code, default_message = 404, "task_not_found", "task not found"
+
+
+class NotFound(ApiError):
+    status, code, default_message = 404, "not_found", "not found"
+
+
+class IdempotencyConflict(ApiError):
+    status, code = 409, "idempotency_conflict"
+    default_message = "Idempotency-Key was already used with a different request body"
+
+
+class TaskNotCancelable(ApiError):
+    status, code, default_message = 409, "task_not_cancelable", "task has already ended"
+
+
+class PayloadTooLarge(ApiError):
+    status, code, default_message = 413, "payload_too_large", "request body too large"
+
+
+class RateLimited(ApiError):
+    status, code, default_message = 429, "rate_limited", "rate limit exceeded"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+
+
+class ModelUnavailable(ApiError):
+    status, code = 503, "model_unavailable"
+    default_message = "model has no configured or healthy upstream"
+
+
+class ServiceUnavailable(ApiError):
+    status, code, default_message = 503, "service_unavailable", "service temporarily unavailable"
+
+
+class InternalError(ApiError):
+    status, code, default_message = 500, "internal_error", "internal error"

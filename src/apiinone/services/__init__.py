@@ -1,0 +1,1 @@
+"""Use cases. Each opens one unit of work, does one whole state change and commits it."""

@@ -1,0 +1,241 @@
+"""Task use cases: create (hold + insert + enqueue), read, list, cancel, and the worker's finish.
+
+Every state change and its money movement share one transaction: a task exists iff its hold
+does, and a task ends iff its capture or release is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy.exc import IntegrityError
+
+from apiinone.db.database import Database
+from apiinone.db.uow import SqlUnitOfWork
+from apiinone.domain.accounts import Account, ApiKey
+from apiinone.domain.catalog import Catalog, ModelSpec
+from apiinone.domain.credits import LedgerKind
+from apiinone.domain.tasks import ACTIVE_STATUSES, Task, TaskStatus
+from apiinone.errors import (
+    Forbidden,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidParameter,
+    ModelNotFound,
+    ModelUnavailable,
+    TaskNotCancelable,
+    TaskNotFound,
+)
+from apiinone.ids import new_id, now_ms
+
+TASKS_CHANNEL = "apiinone_tasks"
+IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ImageTaskRequest:
+    model: str
+    prompt: str
+    aspect_ratio: str = "1:1"
+    quality: str = "medium"
+    input_urls: tuple[str, ...] = ()
+    callback_url: str | None = None
+    n: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    key: str
+    route: str
+    request_hash: str
+
+    @staticmethod
+    def for_body(key: str, route: str, body: bytes) -> IdempotencyClaim:
+        return IdempotencyClaim(key=key, route=route, request_hash=hashlib.sha256(route.encode() + b"\0" + body).hexdigest())
+
+
+@dataclass(frozen=True, slots=True)
+class CreateResult:
+    task: Task
+    replayed: bool = False
+    replay_status: int | None = None
+    replay_body: bytes | None = None
+
+
+class TaskService:
+    def __init__(self, db: Database, catalog_source: Callable[[], Catalog], *,
+                 is_available: Callable[[ModelSpec], bool], base_url: Callable[[], str],
+                 on_task_created: Callable[[], None] = lambda: None,
+                 on_task_finished: Callable[[Task], None] = lambda task: None) -> None:
+        self.db = db
+        self.catalog_source = catalog_source
+        self.is_available = is_available
+        self.base_url = base_url
+        self.on_task_created = on_task_created
+        self.on_task_finished = on_task_finished
+
+    def resolve_model(self, name: str, *, key: ApiKey | None = None) -> ModelSpec:
+        spec = self.catalog_source().resolve(name)
+        if spec is None or not spec.launched or not spec.enabled:
+            raise ModelNotFound(f"model {name!r} does not exist; see GET /api/v1/models", param="model")
+        if key is not None and not key.may_use(spec.id):
+            raise Forbidden(f"this API key may not use model {spec.id!r}")
+        if not self.is_available(spec):
+            raise ModelUnavailable(f"model {spec.id!r} has no configured upstream right now")
+        return spec
+
+    async def create_image_task(self, account: Account, key: ApiKey | None, request: ImageTaskRequest, *,
+                                idempotency: IdempotencyClaim | None = None,
+                                render: Callable[[Task], bytes] | None = None,
+                                status_code: int = 202) -> CreateResult:
+        """Hold the price, insert the task and enqueue it, in one transaction.
+
+        With an idempotency claim the first response is stored in the same transaction, so two
+        concurrent requests with one key create one task: the loser's insert conflicts, it rolls
+        back and replays the winner's response."""
+        spec = self.resolve_model(request.model, key=key)
+        if request.quality not in spec.pricing:
+            raise InvalidParameter(f"quality must be one of {', '.join(spec.pricing)}", param="quality")
+        price = spec.price(request.quality) * request.n
+        now = now_ms()
+        task_input: dict[str, Any] = {
+            "prompt": request.prompt, "aspect_ratio": request.aspect_ratio, "quality": request.quality,
+            "input_urls": list(request.input_urls),
+        }
+        if request.n != 1:
+            task_input["n"] = request.n
+        if request.options:
+            task_input["options"] = request.options
+        task = Task(id=new_id("tsk", now), account_id=account.id, api_key_id=key.id if key else None,
+                    model=spec.id, type=spec.type, status=TaskStatus.QUEUED, input=task_input, price=price,
+                    created_at=now, callback_url=request.callback_url)
+        if idempotency is not None:
+            replay = await self._replay(account.id, idempotency)
+            if replay is not None:
+                return replay
+        try:
+            async with self.db.uow() as uow:
+                if not await uow.accounts.try_hold(account.id, price):
+                    credits = await uow.accounts.credits(account.id)
+                    raise InsufficientCredits(
+                        f"this task costs {price} credits but only {credits.available} are available")
+                if key is not None and not await uow.api_keys.try_spend(key.id, price):
+                    raise InsufficientCredits("this API key has used up its credit budget")
+                await uow.tasks.add(task)
+                await uow.ledger.add(account.id, LedgerKind.HOLD, price, task_id=task.id, at=now)
+                if idempotency is not None:
+                    body = render(task) if render else orjson.dumps(task.to_public(self.base_url()))
+                    await uow.idempotency.add(account.id, idempotency.key, route=idempotency.route,
+                                              request_hash=idempotency.request_hash, status_code=status_code,
+                                              response_body=body, task_id=task.id, at=now)
+                await uow.notify(TASKS_CHANNEL)
+                await uow.commit()
+        except IntegrityError:
+            if idempotency is None:
+                raise
+            replay = await self._replay(account.id, idempotency)
+            if replay is None:
+                raise
+            return replay
+        self.on_task_created()
+        return CreateResult(task=task)
+
+    async def _replay(self, account_id: str, claim: IdempotencyClaim) -> CreateResult | None:
+        async with self.db.uow(write=False) as uow:
+            row = await uow.idempotency.get(account_id, claim.key)
+            if row is None or row["created_at"] < now_ms() - IDEMPOTENCY_TTL_MS:
+                return None
+            if row["request_hash"] != claim.request_hash:
+                raise IdempotencyConflict()
+            task = await uow.tasks.get(row["task_id"], account_id) if row["task_id"] else None
+        if task is None:
+            return None
+        return CreateResult(task=task, replayed=True, replay_status=int(row["status_code"]),
+                            replay_body=str(row["response_body"]).encode())
+
+    async def get_task(self, account_id: str, task_id: str) -> Task:
+        async with self.db.uow(write=False) as uow:
+            task = await uow.tasks.get(task_id, account_id)
+        if task is None:
+            raise TaskNotFound(f"no task {task_id!r} in this account")
+        return task
+
+    async def list_tasks(self, account_id: str | None, *, limit: int = 20, cursor: str | None = None,
+                         status: str | None = None, model: str | None = None) -> tuple[list[Task], str | None]:
+        if status is not None and status not in {s.value for s in TaskStatus}:
+            raise InvalidParameter("status must be one of " + ", ".join(s.value for s in TaskStatus), param="status")
+        if model:
+            spec = self.catalog_source().resolve(model)
+            model = spec.id if spec else model
+        async with self.db.uow(write=False) as uow:
+            tasks = await uow.tasks.list(account_id, limit=limit + 1, before_id=cursor, status=status, model=model)
+        next_cursor = tasks[limit - 1].id if len(tasks) > limit else None
+        return tasks[:limit], next_cursor
+
+    async def cancel_task(self, account_id: str, task_id: str) -> Task:
+        async with self.db.uow() as uow:
+            task = await uow.tasks.get(task_id, account_id)
+            if task is None:
+                raise TaskNotFound(f"no task {task_id!r} in this account")
+            if task.status.is_terminal:
+                raise TaskNotCancelable(f"task {task_id} has already {task.status.value}")
+            finished = await self._finish(uow, task, TaskStatus.CANCELED, from_statuses=ACTIVE_STATUSES,
+                                          error={"code": "canceled", "message": "canceled by the client"})
+            if finished is None:
+                raise TaskNotCancelable(f"task {task_id} has already ended")
+            await uow.commit()
+        self.on_task_finished(finished)
+        return finished
+
+    async def complete_task(self, task: Task, lease_token: str, output: dict[str, Any]) -> Task | None:
+        """Succeed a leased task: capture the price. None if the lease was lost (canceled, or
+        taken over after expiry), in which case nothing is charged by this worker."""
+        async with self.db.uow() as uow:
+            finished = await self._finish(uow, task, TaskStatus.SUCCEEDED, from_statuses=(TaskStatus.RUNNING,),
+                                          lease_token=lease_token, output=output)
+            await uow.commit()
+        if finished is not None:
+            self.on_task_finished(finished)
+        return finished
+
+    async def fail_task(self, task: Task, code: str, message: str, *, lease_token: str | None,
+                        from_statuses: Sequence[TaskStatus] = (TaskStatus.RUNNING,)) -> Task | None:
+        async with self.db.uow() as uow:
+            finished = await self._finish(uow, task, TaskStatus.FAILED, from_statuses=from_statuses,
+                                          lease_token=lease_token, error={"code": code, "message": message})
+            await uow.commit()
+        if finished is not None:
+            self.on_task_finished(finished)
+        return finished
+
+    async def _finish(self, uow: SqlUnitOfWork, task: Task, status: TaskStatus, *,
+                      from_statuses: Sequence[TaskStatus] | frozenset[TaskStatus],
+                      lease_token: str | None = None, output: dict[str, Any] | None = None,
+                      error: dict[str, str] | None = None) -> Task | None:
+        now = now_ms()
+        charged = task.price if status is TaskStatus.SUCCEEDED else 0
+        if not await uow.tasks.finish(task.id, status=status, from_statuses=list(from_statuses),
+                                      lease_token=lease_token, output=output, error=error,
+                                      charged=charged, at=now):
+            return None
+        if status is TaskStatus.SUCCEEDED:
+            await uow.accounts.change(task.account_id, balance=-task.price, held=-task.price)
+            await uow.ledger.add(task.account_id, LedgerKind.CAPTURE, -task.price, task_id=task.id, at=now)
+        else:
+            await uow.accounts.change(task.account_id, held=-task.price)
+            await uow.ledger.add(task.account_id, LedgerKind.RELEASE, -task.price, task_id=task.id, at=now)
+            if task.api_key_id is not None:
+                await uow.api_keys.refund(task.api_key_id, task.price)
+        finished = await uow.tasks.get(task.id)
+        assert finished is not None
+        if finished.callback_url:
+            await uow.webhooks.enqueue(
+                delivery_id=new_id("msg", now), task_id=task.id, account_id=task.account_id,
+                url=finished.callback_url, payload=orjson.dumps(finished.to_public(self.base_url())), at=now)
+            await uow.notify("apiinone_webhooks")
+        return finished

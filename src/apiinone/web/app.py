@@ -1,0 +1,108 @@
+"""``create_app(settings)``: the ASGI application, wired from one Settings object."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from apiinone import __version__
+from apiinone.bootstrap import Container, build_container
+from apiinone.config import Settings
+from apiinone.errors import ApiError, InternalError, InvalidParameter, NotFound, ServiceUnavailable
+from apiinone.web.responses import error_response, json_response
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, embedded_worker: bool = True,
+               migrate: bool | None = None) -> FastAPI:
+    settings = settings or Settings()
+    container = build_container(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if migrate if migrate is not None else container.db.is_sqlite:
+            from apiinone.db.migrate import upgrade
+
+            upgrade(settings.resolved_database_url)
+        await container.start_listeners()
+        for start in app.state.on_start:
+            await start(container)
+        if embedded_worker:
+            await container.make_worker().start()
+        try:
+            yield
+        finally:
+            if container.worker is not None:
+                await container.worker.stop()
+            for stop in app.state.on_stop:
+                await stop(container)
+            await container.aclose()
+
+    app = FastAPI(
+        title="apiinone", version=__version__, lifespan=lifespan,
+        description="One HTTP API, one API key and one credit balance in front of many AI models.",
+        docs_url="/docs", redoc_url=None,
+    )
+    app.state.container = container
+    app.state.on_start = []
+    app.state.on_stop = []
+    _install_error_handlers(app)
+
+    from apiinone.web.routes import api, ops
+
+    app.include_router(api.router)
+    app.include_router(ops.router)
+    return app
+
+
+def container_from(app: FastAPI) -> Container:
+    container: Container = app.state.container
+    return container
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        loc = [str(p) for p in errors[0]["loc"] if p not in ("body", "query", "path")] if errors else []
+        param = loc[0] if loc else None
+        message = f"{param}: {errors[0]['msg']}" if errors and param else "invalid request"
+        return error_response(InvalidParameter(message, param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return error_response(NotFound("no such route"))
+        if exc.status_code == 405:
+            return json_response({"error": {"code": "method_not_allowed", "message": "method not allowed"}}, 405)
+        return json_response({"error": {"code": "http_error", "message": str(exc.detail)}}, exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        if _is_database_outage(exc):
+            log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
+            return error_response(ServiceUnavailable("the database is unavailable; retry shortly"))
+        log.exception("unhandled_error", path=request.url.path)
+        return error_response(InternalError())
+
+
+def _is_database_outage(exc: Exception) -> bool:
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (ConnectionError, OSError))

@@ -1,0 +1,28 @@
+"""Request-scoped helpers: the container, the caller's key and account, base URLs."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from apiinone.bootstrap import Container
+from apiinone.domain.accounts import Account, ApiKey
+
+
+def container_of(request: Request) -> Container:
+    container: Container = request.app.state.container
+    return container
+
+
+def base_url_of(request: Request) -> str:
+    settings = container_of(request).settings
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    return str(request.base_url).rstrip("/")
+
+
+async def authenticate(request: Request) -> tuple[ApiKey, Account]:
+    container = container_of(request)
+    key, account = await container.keys.authenticate(request.headers.get("authorization"))
+    if container.keys.due_for_touch(key.id):
+        request.state.touch_key = key.id
+    return key, account

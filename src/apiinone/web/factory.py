@@ -1,0 +1,15 @@
+"""An app factory for multi-process serving (``uvicorn --factory``): settings from the environment."""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import FastAPI
+
+from apiinone.config import Settings
+from apiinone.web.app import create_app
+
+
+def app_from_env() -> FastAPI:
+    embedded = os.environ.get("APIINONE_EMBEDDED_WORKER", "1") == "1"
+    return create_app(Settings(), embedded_worker=embedded, migrate=False)

@@ -1,0 +1,1 @@
+"""Route modules, each an APIRouter mounted by ``create_app``."""

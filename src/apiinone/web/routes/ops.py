@@ -1,0 +1,51 @@
+"""Operations: liveness, readiness, Prometheus metrics, and the stored images."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from apiinone.errors import NotFound, ServiceUnavailable
+from apiinone.web.deps import container_of
+from apiinone.web.responses import json_response
+
+router = APIRouter()
+_KEY = re.compile(r"^[A-Za-z0-9_\-/.]{8,200}$")
+
+
+@router.get("/healthz", include_in_schema=False)
+async def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@router.get("/readyz", include_in_schema=False)
+async def readyz(request: Request) -> Response:
+    try:
+        await container_of(request).db.ping()
+    except Exception as exc:
+        raise ServiceUnavailable("database is not reachable") from exc
+    return json_response({"status": "ready"})
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/files/{key:path}", include_in_schema=False)
+async def get_file(request: Request, key: str) -> Response:
+    """Images are public by unguessable key: 192 random bits, immutable, cacheable forever."""
+    if not _KEY.match(key) or ".." in key:
+        raise NotFound("file not found")
+    obj = await container_of(request).storage.get(key)
+    if obj is None:
+        raise NotFound("file not found")
+    return Response(obj.data, media_type=obj.content_type, headers={
+        "Cache-Control": "public, max-age=31536000, immutable",
+        "X-Content-Type-Options": "nosniff",
+    })

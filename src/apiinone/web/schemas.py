@@ -1,0 +1,72 @@
+"""Request bodies: strict parsing with our own 400s (never FastAPI's 422)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from apiinone.domain.tasks import MAX_INPUT_URLS, MAX_PROMPT_CHARS
+from apiinone.errors import InvalidJson, InvalidParameter, PayloadTooLarge
+
+MAX_JSON_BYTES = 1024 * 1024
+
+Url = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+
+
+class ImageGenerationBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    prompt: str
+    aspect_ratio: Literal["1:1", "2:3", "3:2"] = "1:1"
+    quality: Literal["medium", "high"] = "medium"
+    input_urls: Annotated[list[Url], Field(min_length=1, max_length=MAX_INPUT_URLS)] | None = None
+    callback_url: Url | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_length(cls, value: str) -> str:
+        value = value.strip()
+        if not 1 <= len(value) <= MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt must be 1 to {MAX_PROMPT_CHARS} characters after trimming")
+        return value
+
+
+_FRIENDLY = {
+    "aspect_ratio": "aspect_ratio must be one of 1:1, 2:3, 3:2",
+    "quality": "quality must be one of medium, high",
+    "input_urls": f"input_urls must be a list of 1 to {MAX_INPUT_URLS} URL strings",
+}
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_json_body(raw: bytes, model: type[M]) -> M:
+    if len(raw) > MAX_JSON_BYTES:
+        raise PayloadTooLarge(f"JSON bodies are limited to {MAX_JSON_BYTES} bytes")
+    try:
+        data: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJson(f"request body is not valid JSON: {exc.msg}") from exc
+    if not isinstance(data, dict):
+        raise InvalidJson("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_parameter_from(exc) from exc
+
+
+def invalid_parameter_from(exc: ValidationError) -> InvalidParameter:
+    err = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in err["loc"]]
+    param = loc[0] if loc else None
+    if err["type"] == "extra_forbidden":
+        return InvalidParameter(f"unknown field {param!r}", param=param)
+    if err["type"] == "missing":
+        return InvalidParameter(f"{param} is required", param=param)
+    if param in _FRIENDLY:
+        return InvalidParameter(_FRIENDLY[param], param=param)
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return InvalidParameter(f"{'.'.join(loc)}: {message}" if loc else message, param=param)

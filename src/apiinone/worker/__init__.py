@@ -1,0 +1,1 @@
+"""Workers: lease tasks from the database queue, run providers, store images, finish tasks."""

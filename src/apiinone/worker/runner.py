@@ -1,0 +1,210 @@
+"""The task runner: lease → fetch inputs → provider → storage → finish, with heartbeats.
+
+A lease is a token plus an expiry. The heartbeat extends the expiry of every task this worker
+holds; if the process dies the expiry passes and another worker leases the task again. Finishing
+is a compare-and-set on the token, so a task is charged at most once whoever finishes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import structlog
+
+from apiinone.db.database import Database
+from apiinone.domain.catalog import Catalog
+from apiinone.domain.tasks import Task, TaskStatus
+from apiinone.ids import new_id, now_ms
+from apiinone.providers.base import ImageJob, InputImage, ProviderError
+from apiinone.providers.registry import ProviderRegistry
+from apiinone.services.tasks import TaskService
+from apiinone.storage import new_image_key
+from apiinone.storage.base import Storage
+from apiinone.webhooks.fetch import InputFetchError, fetch_input_image
+from apiinone.worker.wakeup import Wakeup
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    node: str
+    concurrency: int = 8
+    lease_s: float = 30.0
+    max_attempts: int = 3
+    poll_s: float = 1.0
+    task_timeout_s: float = 600.0
+    drain_s: float = 20.0
+    models: tuple[str, ...] | None = None
+
+
+class TaskWorker:
+    def __init__(self, db: Database, tasks: TaskService, catalog_source: Callable[[], Catalog],
+                 providers: ProviderRegistry, storage: Storage, fetch_client: httpx.AsyncClient,
+                 options: WorkerOptions, *, files_base_url: Callable[[], str], wakeup: Wakeup | None = None) -> None:
+        self.db = db
+        self.tasks = tasks
+        self.catalog_source = catalog_source
+        self.providers = providers
+        self.storage = storage
+        self.fetch_client = fetch_client
+        self.options = options
+        self.files_base_url = files_base_url
+        self.wakeup = wakeup or Wakeup()
+        self.token = new_id("lease")
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._stopping = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    async def start(self) -> None:
+        await self._heartbeat_once()
+        self._loops = [asyncio.create_task(self._lease_loop(), name="lease-loop"),
+                       asyncio.create_task(self._heartbeat_loop(), name="heartbeat-loop")]
+
+    async def stop(self) -> None:
+        """Stop leasing, give running tasks ``drain_s`` to finish, hand the rest back to the queue."""
+        self._stopping.set()
+        self.wakeup.set()
+        if self._running:
+            await asyncio.wait(list(self._running.values()), timeout=self.options.drain_s)
+        for task_id, job in list(self._running.items()):
+            job.cancel()
+            async with self.db.uow() as uow:
+                await uow.queue.requeue(task_id, self.token)
+                await uow.commit()
+        for loop in self._loops:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        async with self.db.uow() as uow:
+            await uow.queue.stop_node(self.options.node, now_ms())
+            await uow.commit()
+
+    async def _lease_loop(self) -> None:
+        while not self._stopping.is_set():
+            free = self.options.concurrency - len(self._running)
+            leased: Sequence[Task] = []
+            if free > 0:
+                try:
+                    leased = await self.lease(free)
+                except Exception as exc:  # database down: keep the loop alive and retry
+                    log.warning("lease_failed", error=str(exc))
+                    await asyncio.sleep(self.options.poll_s)
+                    continue
+                for task in leased:
+                    self._running[task.id] = asyncio.create_task(self._run_guarded(task), name=task.id)
+            if len(leased) < max(free, 1) or free <= 0:
+                await self.wakeup.wait(self.options.poll_s)
+
+    async def lease(self, limit: int) -> list[Task]:
+        now = now_ms()
+        async with self.db.uow() as uow:
+            leased = await uow.queue.lease(
+                node=self.options.node, token=self.token, limit=limit, now=now,
+                lease_ms=int(self.options.lease_s * 1000), max_attempts=self.options.max_attempts,
+                models=self.options.models,
+            )
+            await uow.commit()
+        return leased
+
+    async def _heartbeat_once(self) -> None:
+        now = now_ms()
+        async with self.db.uow() as uow:
+            await uow.queue.extend([self.token], now + int(self.options.lease_s * 1000))
+            await uow.queue.heartbeat_node(
+                name=self.options.node, models=self.options.models, concurrency=self.options.concurrency,
+                running=len(self._running), pid=os.getpid(), hostname=socket.gethostname(), now=now)
+            await uow.commit()
+        await self._fail_exhausted(now)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = max(0.2, self.options.lease_s / 3)
+        while not self._stopping.is_set():
+            await asyncio.sleep(interval)
+            try:
+                await self._heartbeat_once()
+            except Exception as exc:
+                log.warning("heartbeat_failed", error=str(exc))
+
+    async def _fail_exhausted(self, now: int) -> None:
+        async with self.db.uow(write=False) as uow:
+            exhausted = await uow.queue.exhausted(now=now, max_attempts=self.options.max_attempts)
+        for task in exhausted:
+            await self.tasks.fail_task(task, "timeout", "the task did not finish in time on any worker",
+                                       lease_token=task.lease_token)
+
+    async def _run_guarded(self, task: Task) -> None:
+        try:
+            await self.run_task(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("task_crashed", task_id=task.id)
+            with contextlib.suppress(Exception):
+                await self.tasks.fail_task(task, "internal_error", "the worker failed while running the task",
+                                           lease_token=self.token)
+        finally:
+            self._running.pop(task.id, None)
+            self.wakeup.set()
+
+    async def run_task(self, task: Task) -> None:
+        started = now_ms()
+        spec = self.catalog_source().resolve(task.model)
+        provider = self.providers.get(spec) if spec else None
+        if spec is None or provider is None:
+            await self.tasks.fail_task(task, "model_unavailable", "no upstream serves this model any more",
+                                       lease_token=self.token)
+            return
+        try:
+            inputs = await self._fetch_inputs(task.input.get("input_urls") or [])
+        except InputFetchError as exc:
+            await self.tasks.fail_task(task, "input_fetch_failed", exc.message, lease_token=self.token)
+            return
+        options: dict[str, Any] = task.input.get("options") or {}
+        job = ImageJob(
+            prompt=task.input["prompt"], aspect_ratio=task.input["aspect_ratio"], quality=task.input["quality"],
+            upstream_model=spec.upstream_model, inputs=tuple(inputs), n=int(task.input.get("n", 1)),
+            output_format=str(options.get("output_format", "png")), background=options.get("background"),
+            user=options.get("user"),
+        )
+        try:
+            result = await asyncio.wait_for(provider.generate(job), self.options.task_timeout_s)
+        except TimeoutError:
+            await self.tasks.fail_task(task, "timeout", "the model did not answer in time", lease_token=self.token)
+            return
+        except ProviderError as exc:
+            await self.tasks.fail_task(task, exc.code, exc.message, lease_token=self.token)
+            return
+        images = []
+        base = self.files_base_url()
+        for image in result.images:
+            key = new_image_key(image.content_type)
+            await self.storage.put(key, image.data, image.content_type)
+            url = self.storage.public_url(key) or f"{base}/files/{key}"
+            images.append({"url": url, "width": image.width, "height": image.height,
+                           "content_type": image.content_type})
+        output: dict[str, Any] = {"images": images}
+        if result.usage:
+            output["usage"] = result.usage
+        finished = await self.tasks.complete_task(task, self.token, output)
+        log.info("task_finished", task_id=task.id, model=task.model,
+                 status=finished.status.value if finished else "lease_lost", ms=now_ms() - started)
+
+    async def _fetch_inputs(self, urls: list[str]) -> list[InputImage]:
+        if not urls:
+            return []
+        return list(await asyncio.gather(*(fetch_input_image(self.fetch_client, url) for url in urls)))
+
+
+__all__ = ["TaskStatus", "TaskWorker", "WorkerOptions"]
