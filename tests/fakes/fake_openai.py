@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import functools
 import hashlib
 import io
@@ -30,7 +29,6 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -669,15 +667,19 @@ def build_app(state: FakeState) -> Starlette:
         return _json({"received": state.received, "data": out})
 
     async def ctl_file(request: Request) -> Response:
-        name = request.path_params["name"]
-        dims, _, fmt = name.partition(".")
+        """Serves ``url_mode`` images; recorded, so tests can check what a client sent to a CDN."""
+        rec = RecordedRequest("GET", request.url.path, dict(request.headers))
+        dims, _, fmt = request.path_params["name"].partition(".")
         w_text, _, h_text = dims.partition("x")
-        if fmt not in OUTPUT_FORMATS or not (w_text.isdigit() and h_text.isdigit()):
-            return _json(openai_error("not found"), 404)
-        if (int(w_text), int(h_text)) not in SIZES.values():
-            return _json(openai_error("not found"), 404)
-        img = canned_image(int(w_text), int(h_text), fmt, state.png_bytes)
-        return Response(img.data, media_type=img.content_type)
+        size = (int(w_text), int(h_text)) if w_text.isdigit() and h_text.isdigit() else None
+        if fmt in OUTPUT_FORMATS and size is not None and size in SIZES.values():
+            img = canned_image(size[0], size[1], fmt, state.png_bytes)
+            resp = Response(img.data, media_type=img.content_type)
+        else:
+            resp = _json(openai_error("not found"), 404)
+        rec.status = resp.status_code
+        state.record(rec)
+        return resp
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return _json(openai_error(f"Invalid URL ({request.method} {request.url.path})"), 404)
@@ -714,10 +716,12 @@ def _bind_loopback(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 class FakeOpenAI:
     """The fake upstream running in a background thread, for in-process tests.
 
-    >>> with FakeOpenAI() as fake:
-    ...     provider = OpenAIImagesProvider(fake.api_key, fake.base_url)
-    ...     fake.fail_next(500)                      # the next images request gets a 500
-    ...     fake.requests[-1].json["model"]          # what the client actually sent
+    Usage::
+
+        with FakeOpenAI() as fake:
+            provider = OpenAIImagesProvider(fake.api_key, fake.base_url)
+            fake.fail_next(500)                # the next images request gets a 500
+            fake.requests[-1].json["model"]    # what the client actually sent
     """
 
     def __init__(
@@ -866,12 +870,6 @@ class FakeOpenAI:
         """The exact bytes the fake returns for ``size``, to compare against what a client stored."""
         w, h = SIZES[size]
         return canned_image(w, h, fmt, self.state.png_bytes).data
-
-
-@contextlib.contextmanager
-def running_fake(**kwargs: Any) -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(**kwargs) as fake:
-        yield fake
 
 
 # ------------------------------------------------------------------------------------------------ CLI

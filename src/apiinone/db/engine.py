@@ -16,7 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 
-def make_engine(url: str, *, pool_size: int = 10, busy_timeout_ms: int = 10_000, null_pool: bool = False) -> AsyncEngine:
+def make_engine(
+    url: str, *, pool_size: int = 10, busy_timeout_ms: int = 10_000, null_pool: bool = False
+) -> AsyncEngine:
     parsed = make_url(url)
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from apiinone.domain.credits import Credits
 
@@ -12,7 +12,7 @@ class Account:
     id: str
     email: str
     created_at: int
-    credits: Credits = Credits(0, 0)
+    credits: Credits = field(default_factory=lambda: Credits(0, 0))
     password_hash: str | None = None
     display_name: str | None = None
     is_admin: bool = False

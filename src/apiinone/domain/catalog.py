@@ -102,9 +102,7 @@ _LIST_FIELDS = ("aliases", "input_modalities", "output_modalities", "related")
 def _spec_from_mapping(data: dict[str, Any], base: ModelSpec | None = None) -> ModelSpec:
     values: dict[str, Any] = {}
     for key, value in data.items():
-        if key in _LIST_FIELDS:
-            values[key] = tuple(value)
-        elif key == "faq":
+        if key in _LIST_FIELDS or key == "faq":
             values[key] = tuple(value)
         elif key == "pricing":
             values[key] = {str(q): int(p) for q, p in value.items()}

@@ -13,12 +13,14 @@ from apiinone.config import Settings
 from apiinone.domain.catalog import ModelSpec
 from apiinone.providers.base import ImageProvider
 
+_Made = tuple[tuple[str, str, str], Callable[[], ImageProvider]]
+
 
 class ProviderRegistry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._providers: dict[tuple[str, str, str], ImageProvider] = {}
-        self._factories: dict[str, Callable[[ModelSpec], tuple[tuple[str, str, str], Callable[[], ImageProvider]] | None]] = {
+        self._factories: dict[str, Callable[[ModelSpec], _Made | None]] = {
             "openai": self._openai,
             "local-typeset": self._local_typeset,
         }
@@ -27,7 +29,7 @@ class ProviderRegistry:
         """Serve every model whose ``provider`` is ``name`` with this instance (tests, plugins)."""
         self._factories[name] = lambda spec: ((name, "", ""), lambda: provider)
 
-    def _openai(self, spec: ModelSpec) -> tuple[tuple[str, str, str], Callable[[], ImageProvider]] | None:
+    def _openai(self, spec: ModelSpec) -> _Made | None:
         key = os.environ.get(spec.api_key_env) if spec.api_key_env else self.settings.openai_api_key
         if not key:
             return None
@@ -43,7 +45,7 @@ class ProviderRegistry:
 
         return ("openai", base_url, key), build
 
-    def _local_typeset(self, spec: ModelSpec) -> tuple[tuple[str, str, str], Callable[[], ImageProvider]] | None:
+    def _local_typeset(self, spec: ModelSpec) -> _Made | None:
         def build() -> ImageProvider:
             from apiinone.providers.local_typeset import LocalTypesetProvider
 

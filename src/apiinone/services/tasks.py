@@ -56,7 +56,8 @@ class IdempotencyClaim:
 
     @staticmethod
     def for_body(key: str, route: str, body: bytes) -> IdempotencyClaim:
-        return IdempotencyClaim(key=key, route=route, request_hash=hashlib.sha256(route.encode() + b"\0" + body).hexdigest())
+        digest = hashlib.sha256(route.encode() + b"\0" + body).hexdigest()
+        return IdempotencyClaim(key=key, route=route, request_hash=digest)
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,11 +57,16 @@ DEFAULT_RESOLVE_TIMEOUT_S = 5.0
 
 
 class UrlNotAllowed(Exception):
-    """A URL the egress policy refuses; ``message`` is safe to show to the API user."""
+    """A URL the egress policy refuses; ``message`` is safe to show to the API user.
 
-    def __init__(self, message: str) -> None:
+    ``address`` is the refused address, for logs only: for a resolved name it may be an internal
+    address the user should not learn from us (split-horizon DNS).
+    """
+
+    def __init__(self, message: str, *, address: IPAddress | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.address = address
 
 
 class HostNotResolved(UrlNotAllowed):
@@ -257,7 +262,13 @@ def _classify_host(raw: str) -> _Host:
 
 
 def _refuse_address(ip: IPAddress) -> UrlNotAllowed:
-    return UrlNotAllowed(f"address {ip} is not public (private, loopback, link-local or reserved)")
+    return UrlNotAllowed(
+        f"address {ip} is not public (private, loopback, link-local or reserved)", address=ip
+    )
+
+
+def _refuse_resolved(host: _Host, ip: IPAddress) -> UrlNotAllowed:
+    return UrlNotAllowed(f"host {host.name} resolves to a non-public address", address=ip)
 
 
 def _static_allowed(host: _Host, policy: EgressPolicy) -> list[IPAddress]:
@@ -315,7 +326,7 @@ async def _resolve_checked(
         raise HostNotResolved(f"could not resolve host {host.name}")
     for ip in resolved:
         if not is_public_address(ip, policy):
-            raise _refuse_address(ip)
+            raise _refuse_resolved(host, ip)
     return resolved
 
 

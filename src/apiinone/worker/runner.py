@@ -73,20 +73,24 @@ class TaskWorker:
                        asyncio.create_task(self._heartbeat_loop(), name="heartbeat-loop")]
 
     async def stop(self) -> None:
-        """Stop leasing, give running tasks ``drain_s`` to finish, hand the rest back to the queue."""
+        """Stop leasing, give running tasks ``drain_s`` to finish, hand the rest back to the queue.
+
+        The loops are asked to stop rather than cancelled: cancelling a coroutine in the middle of
+        a database call can leave its pooled connection unusable."""
         self._stopping.set()
         self.wakeup.set()
+        if self._loops:
+            await asyncio.wait(self._loops, timeout=10)
         if self._running:
             await asyncio.wait(list(self._running.values()), timeout=self.options.drain_s)
         for task_id, job in list(self._running.items()):
-            job.cancel()
             async with self.db.uow() as uow:
                 await uow.queue.requeue(task_id, self.token)
                 await uow.commit()
+            job.cancel()
         for loop in self._loops:
-            loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
+            if not loop.done():
+                loop.cancel()
         async with self.db.uow() as uow:
             await uow.queue.stop_node(self.options.node, now_ms())
             await uow.commit()
@@ -104,7 +108,7 @@ class TaskWorker:
                     continue
                 for task in leased:
                     self._running[task.id] = asyncio.create_task(self._run_guarded(task), name=task.id)
-            if len(leased) < max(free, 1) or free <= 0:
+            if (len(leased) < max(free, 1) or free <= 0) and not self._stopping.is_set():
                 await self.wakeup.wait(self.options.poll_s)
 
     async def lease(self, limit: int) -> list[Task]:
@@ -131,7 +135,10 @@ class TaskWorker:
     async def _heartbeat_loop(self) -> None:
         interval = max(0.2, self.options.lease_s / 3)
         while not self._stopping.is_set():
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+            if self._stopping.is_set():
+                return
             try:
                 await self._heartbeat_once()
             except Exception as exc:

@@ -25,9 +25,9 @@ class Wakeup:
     def set(self) -> None:
         self._event.set()
 
-    async def wait(self, timeout: float) -> bool:
+    async def wait(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout)
+            await asyncio.wait_for(self._event.wait(), seconds)
         fired = self._event.is_set()
         self._event.clear()
         return fired
@@ -56,8 +56,9 @@ class PostgresListener:
                     await self._conn.add_listener(channel, lambda *_args, w=wakeup: w.set())
                 for wakeup in self.channels.values():
                     wakeup.set()  # catch up on anything sent while we were not listening
-                while not self._stopping and not self._conn.is_closed():
-                    await asyncio.sleep(1.0)
+                closed = asyncio.Event()
+                self._conn.add_termination_listener(lambda *_args, c=closed: c.set())
+                await closed.wait()
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("listen_connection_failed", error=str(exc))
             finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -79,7 +80,7 @@ async def create_image_task(request: Request) -> Response:
         ImageTaskRequest(model=body.model, prompt=body.prompt, aspect_ratio=body.aspect_ratio,
                          quality=body.quality, input_urls=tuple(body.input_urls or ()),
                          callback_url=body.callback_url),
-        idempotency=claim, render=lambda t: JsonResponse(t.to_public(base)).body,
+        idempotency=claim, render=lambda t: orjson.dumps(t.to_public(base)),
     )
     if result.replayed:
         assert result.replay_body is not None and result.replay_status is not None

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to every check: install, start PostgreSQL/Redis if down,
+# install Chromium for the browser tests if missing, then ruff, mypy --strict and pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh dev
+scripts/services.sh
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Debian chromium for the browser tests" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || true
+fi
+echo "== ruff" >&2
+.venv/bin/ruff check src tests bench
+echo "== mypy --strict src" >&2
+.venv/bin/mypy src
+echo "== pytest" >&2
+.venv/bin/pytest -q -p no:cacheprovider --timeout 300 "$@"
