@@ -6,11 +6,14 @@ import asyncio
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from apiinone.config import Settings
+
+if TYPE_CHECKING:
+    from apiinone.bootstrap import Container
 
 app = typer.Typer(help="apiinone: one API, one key, one credit balance for many AI models.",
                   no_args_is_help=True, add_completion=False)
@@ -37,7 +40,7 @@ def _migrate_embedded(settings: Settings) -> None:
         upgrade(settings.resolved_database_url)
 
 
-def _run_with_container(settings: Settings, body: Callable[..., Awaitable[T]]) -> T:
+def _run_with_container(settings: Settings, body: Callable[[Container], Awaitable[T]]) -> T:
     from apiinone.bootstrap import build_container
 
     async def main() -> T:
@@ -110,11 +113,9 @@ def worker(
     _migrate_embedded(settings)
     model_list = tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
 
-    async def body(container: object) -> None:
-        from apiinone.bootstrap import Container
+    async def body(container: Container) -> None:
         from apiinone.webhooks.delivery import start_delivery_worker
 
-        assert isinstance(container, Container)
         await container.start_listeners()
         if model_list is not None:
             model_ids = []
@@ -163,10 +164,7 @@ def create_user(
     settings = _settings()
     _migrate_embedded(settings)
 
-    async def body(container: object) -> str:
-        from apiinone.bootstrap import Container
-
-        assert isinstance(container, Container)
+    async def body(container: Container) -> str:
         account = await container.accounts.create_user(email, password, credits=credits, admin=admin)
         return account.id
 
@@ -183,10 +181,7 @@ def create_key(email: str, name: Annotated[str, typer.Option(help="A label for t
     settings = _settings()
     _migrate_embedded(settings)
 
-    async def body(container: object) -> str:
-        from apiinone.bootstrap import Container
-
-        assert isinstance(container, Container)
+    async def body(container: Container) -> str:
         account = await container.accounts.get_by_email(email)
         created = await container.accounts.create_api_key(account.id, name)
         return created.plaintext
@@ -204,10 +199,7 @@ def grant(email: str, credits: int, note: Annotated[str | None, typer.Option(hel
     settings = _settings()
     _migrate_embedded(settings)
 
-    async def body(container: object) -> int:
-        from apiinone.bootstrap import Container
-
-        assert isinstance(container, Container)
+    async def body(container: Container) -> int:
         account = await container.accounts.get_by_email(email)
         updated = await container.accounts.grant(account.id, credits, note=note, actor="cli")
         return updated.credits.available
