@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -13,10 +14,13 @@ from apiinone.config import Settings
 from apiinone.db.database import Database
 from apiinone.domain.catalog import Catalog
 from apiinone.providers.registry import ProviderRegistry
+from apiinone.ratelimit import RateLimiter
 from apiinone.services.accounts import AccountService, ApiKeyAuthenticator
+from apiinone.services.events import TASK_EVENTS_CHANNEL, TaskEvents
 from apiinone.services.tasks import TaskService
 from apiinone.storage import storage_from_url
 from apiinone.storage.base import Storage
+from apiinone.storage.s3 import S3Options
 from apiinone.webhooks.egress import EgressPolicy, guarded_transport
 from apiinone.worker.runner import TaskWorker, WorkerOptions
 from apiinone.worker.wakeup import PostgresListener, Wakeup
@@ -36,32 +40,47 @@ class Container:
     tasks: TaskService
     task_wakeup: Wakeup
     webhook_wakeup: Wakeup
+    rate_limits: RateLimiter
+    task_events: TaskEvents
     listeners: list[PostgresListener] = field(default_factory=list)
     worker: TaskWorker | None = None
     task_finished_hooks: list[Callable[..., None]] = field(default_factory=list)
+    base_catalog: Catalog | None = None
 
     def catalog_source(self) -> Catalog:
         return self.catalog
+
+    def apply_model_overrides(self, overrides: dict[str, dict[str, Any]]) -> None:
+        """Admin edits (enabled, pricing) over the file catalog: the API and TaskService see them."""
+        if self.base_catalog is None:
+            self.base_catalog = self.catalog
+        self.catalog = self.base_catalog.with_overrides(overrides)
 
     def base_url(self) -> str:
         return self.settings.base_url()
 
     def make_worker(self, node: str | None = None, concurrency: int | None = None,
-                    models: tuple[str, ...] | None = None) -> TaskWorker:
+                    models: tuple[str, ...] | None = None, model_limits: dict[str, int] | None = None) -> TaskWorker:
         s = self.settings
+        caps = {}
+        for name, cap in s.model_concurrency.items():
+            spec = self.catalog.resolve(name)
+            caps[spec.id if spec else name] = cap
         options = WorkerOptions(
             node=node or s.node_name or socket.gethostname(), concurrency=concurrency or s.worker_concurrency,
             lease_s=s.task_lease_s, max_attempts=s.task_max_attempts, poll_s=s.worker_poll_s, models=models,
+            model_limits=model_limits or {}, cluster_caps=caps,
         )
         self.worker = TaskWorker(self.db, self.tasks, self.catalog_source, self.providers, self.storage,
                                  self.fetch_client, options, files_base_url=self.base_url,
-                                 wakeup=self.task_wakeup)
+                                 wakeup=self.task_wakeup, on_task_started=self.task_events.publish)
         return self.worker
 
     async def start_listeners(self) -> None:
         if self.db.dialect == "postgresql":
             listener = PostgresListener(self.db.url, {"apiinone_tasks": self.task_wakeup,
-                                                      "apiinone_webhooks": self.webhook_wakeup})
+                                                      "apiinone_webhooks": self.webhook_wakeup,
+                                                      TASK_EVENTS_CHANNEL: self.task_events.on_notify})
             await listener.start()
             self.listeners.append(listener)
 
@@ -69,6 +88,7 @@ class Container:
         for listener in self.listeners:
             await listener.stop()
         await self.providers.aclose()
+        await self.rate_limits.aclose()
         await self.fetch_client.aclose()
         await self.db.dispose()
 
@@ -85,12 +105,16 @@ def build_container(settings: Settings) -> Container:
     webhook_wakeup = Wakeup()
     container = Container(
         settings=settings, db=db, catalog=catalog, providers=providers,
-        storage=storage_from_url(settings.resolved_storage_url), egress=egress, fetch_client=fetch_client,
+        storage=storage_from_url(settings.resolved_storage_url, s3=S3Options.from_settings(settings)),
+        egress=egress, fetch_client=fetch_client,
         accounts=AccountService(db, starter_credits=settings.starter_credits),
         keys=ApiKeyAuthenticator(db, ttl_s=settings.key_cache_ttl_s),
         tasks=None,  # type: ignore[arg-type]  # set just below: it needs the container's callbacks
-        task_wakeup=task_wakeup, webhook_wakeup=webhook_wakeup,
+        task_wakeup=task_wakeup, webhook_wakeup=webhook_wakeup, rate_limits=RateLimiter.from_settings(settings),
+        # PostgreSQL NOTIFY reaches waiters from any process, so polling there is only a safety net
+        task_events=TaskEvents(db, poll_s=settings.worker_poll_s if db.is_sqlite else max(5.0, settings.worker_poll_s)),
     )
+    container.task_finished_hooks.append(container.task_events.publish)
 
     def on_task_finished(task: object) -> None:
         for hook in container.task_finished_hooks:

@@ -75,6 +75,7 @@ def serve(
     import uvicorn
 
     from apiinone.logging import configure_logging
+    from apiinone.web.server import CoalescingHttpToolsProtocol
 
     settings = _settings()
     if not settings.public_url:
@@ -89,21 +90,22 @@ def serve(
             typer.echo("note: with SQLite and several API processes only the first runs a worker", err=True)
         os.environ["APIINONE_EMBEDDED_WORKER"] = "0" if no_worker else "1"
         uvicorn.run("apiinone.web.factory:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    loop="uvloop", http="httptools", access_log=access_log, log_level="warning",
+                    loop="uvloop", http=CoalescingHttpToolsProtocol, access_log=access_log, log_level="warning",
                     timeout_graceful_shutdown=25)
         return
     from apiinone.web.app import create_app
 
     application = create_app(settings, embedded_worker=not no_worker, migrate=False)
-    uvicorn.run(application, host=host, port=port, loop="uvloop", http="httptools", access_log=access_log,
-                log_level="warning", timeout_graceful_shutdown=25)
+    uvicorn.run(application, host=host, port=port, loop="uvloop", http=CoalescingHttpToolsProtocol,
+                access_log=access_log, log_level="warning", timeout_graceful_shutdown=25)
 
 
 @app.command()
 def worker(
     node: Annotated[str | None, typer.Option(help="Node name shown on tasks (default: host name).")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Tasks run at once.")] = None,
-    models: Annotated[str | None, typer.Option(help="Comma-separated model ids this node serves.")] = None,
+    models: Annotated[str | None, typer.Option(
+        help="Comma-separated model ids this node serves, each optionally with its own limit: a=4,b.")] = None,
 ) -> None:
     """A standalone worker on a named node."""
     from apiinone.logging import configure_logging
@@ -118,13 +120,18 @@ def worker(
 
         await container.start_listeners()
         if model_list is not None:
-            model_ids = []
-            for name in model_list:
-                spec = container.catalog.resolve(name)
+            model_ids, limits = [], {}
+            for entry in model_list:
+                name, _, limit = entry.partition("=")
+                spec = container.catalog.resolve(name.strip())
                 if spec is None:
                     raise typer.BadParameter(f"unknown model {name!r}")
+                if limit and not limit.strip().isdigit():
+                    raise typer.BadParameter(f"--models {entry!r}: the limit after '=' must be a whole number")
                 model_ids.append(spec.id)
-            task_worker = container.make_worker(node, concurrency, tuple(model_ids))
+                if limit:
+                    limits[spec.id] = int(limit)
+            task_worker = container.make_worker(node, concurrency, tuple(model_ids), limits)
         else:
             task_worker = container.make_worker(node, concurrency)
         stop = asyncio.Event()
@@ -141,6 +148,43 @@ def worker(
         await task_worker.stop()
 
     _run_with_container(settings, body)
+
+
+@app.command("storage-purge")
+def storage_purge(
+    days: Annotated[float | None, typer.Option(help="Age in days (default APIINONE_STORAGE_RETENTION_DAYS).")] = None,
+) -> None:
+    """Delete stored images older than the retention period (S3 storage; run it from cron)."""
+    from apiinone.storage import storage_from_url
+    from apiinone.storage.s3 import S3Options, S3Storage
+
+    settings = _settings()
+    days = days if days is not None else settings.storage_retention_days
+    storage = storage_from_url(settings.resolved_storage_url, s3=S3Options.from_settings(settings))
+    if days is None or not isinstance(storage, S3Storage):
+        typer.echo("error: needs --days (or APIINONE_STORAGE_RETENTION_DAYS) and s3:// storage", err=True)
+        raise typer.Exit(2)
+    deleted = asyncio.run(storage.purge_older_than(days))
+    typer.echo(f"deleted {deleted} objects older than {days:g} days", err=True)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What the image should show.")],
+    model: Annotated[str, typer.Option(help="Model id or alias.")] = "gpt-image-1-5",
+    aspect: Annotated[str, typer.Option(help="Aspect ratio: 1:1, 2:3 or 3:2.")] = "1:1",
+    quality: Annotated[str, typer.Option(help="medium or high.")] = "medium",
+    output: Annotated[str | None, typer.Option("-o", "--output", help="File to write (default <task id>.png).")] = None,
+    base_url: Annotated[str | None, typer.Option(envvar="APIINONE_BASE_URL", help="The server.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="APIINONE_API_KEY", show_default=False,
+                                                help="API key (aio_...); better set APIINONE_API_KEY.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the image.")] = 600.0,
+) -> None:
+    """Generate an image through a running server, show its progress, save it, print the path."""
+    from apiinone.client.cli import run_generate
+
+    raise typer.Exit(run_generate(prompt, model=model, aspect_ratio=aspect, quality=quality, output=output,
+                                  base_url=base_url, api_key=api_key, timeout=timeout))
 
 
 @db_app.command("upgrade")

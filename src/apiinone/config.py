@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from apiinone.domain.webhooks import DEFAULT_RETRY_SCHEDULE_S
+
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "changethis", "dev", "development"}
 
 
@@ -24,6 +26,15 @@ class Settings(BaseSettings):
     secret_key: str | None = None
     models_file: Path | None = None
     egress_allow: str | None = None
+
+    # Webhook delivery. The schedule is seconds to wait after each failed attempt (a JSON list,
+    # e.g. APIINONE_WEBHOOK_RETRY_SCHEDULE_S='[1, 2]'); the lease must outlast the timeout.
+    webhook_retry_schedule_s: list[float] = Field(default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S))
+    webhook_timeout_s: float = 10.0
+    webhook_lease_s: float = 60.0
+    webhook_concurrency: int = 64
+    webhook_account_concurrency: int = 8
+    webhook_poll_s: float = 1.0
 
     openai_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "APIINONE_OPENAI_API_KEY")
@@ -41,9 +52,33 @@ class Settings(BaseSettings):
     worker_concurrency: int = 8
     worker_poll_s: float = 1.0
     node_name: str | None = None
+    # Cluster-wide cap on running tasks per model (JSON object of model id -> count), for upstreams
+    # whose rate limit all nodes share, e.g. APIINONE_MODEL_CONCURRENCY='{"gpt-image-1.5-official": 16}'.
+    model_concurrency: dict[str, int] = Field(default_factory=dict)
+
+    # Rate limits: off unless set here (defaults) or on the account / key rows.
+    rate_limit_key_rpm: int | None = None
+    rate_limit_account_rpm: int | None = None
+    max_concurrent_tasks: int | None = None
+
+    # S3-compatible storage (APIINONE_STORAGE_URL=s3://bucket/prefix). Unset credentials fall back
+    # to boto3's own chain (AWS_* variables, instance profile).
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_presign_s: int = 0  # > 0: /files/{key} redirects to a presigned URL valid this long
+    s3_public_url: str | None = None  # a public bucket or CDN base: image URLs point there directly
+    storage_retention_days: int | None = None
 
     key_cache_ttl_s: float = 2.0
     starter_credits: int = 0
+    # Console: credit packs sold by order ("500,2000,10000" credits at 1 credit = USD 0.01), login
+    # throttle (failed logins per email in 15 minutes; 3x that per client address), session lifetime.
+    credit_packs: str = "500,2000,10000"
+    login_max_failures: int = 10
+    session_ttl_days: int = 30
     log_level: str = "INFO"
     log_json: bool = True
     db_pool_size: int = 10

@@ -17,6 +17,7 @@ from apiinone.storage import (
     storage_from_url,
     validate_key,
 )
+from apiinone.storage.s3 import S3Storage
 
 BAD_KEYS = [
     "",
@@ -184,8 +185,8 @@ def test_storage_from_url(tmp_path: Path) -> None:
     rel = storage_from_url("file://./data/files")
     assert isinstance(rel, FileSystemStorage)
     assert rel.root == (Path.cwd() / "data" / "files").resolve()
-    with pytest.raises(ValueError, match="s3 storage is configured by"):
-        storage_from_url("s3://bucket/prefix")
+    s3 = storage_from_url("s3://bucket/some/prefix")
+    assert isinstance(s3, S3Storage) and (s3.bucket, s3.prefix) == ("bucket", "some/prefix/")
     with pytest.raises(ValueError):
         storage_from_url("ftp://example.com/x")
     with pytest.raises(ValueError):

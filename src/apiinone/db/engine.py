@@ -15,6 +15,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from apiinone.db.sqlite_inline import DRIVER_NAME as INLINE_DRIVER
+from apiinone.db.sqlite_inline import begin_immediate
+
 
 def make_engine(
     url: str, *, pool_size: int = 10, busy_timeout_ms: int = 10_000, null_pool: bool = False
@@ -24,7 +27,11 @@ def make_engine(
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"timeout": busy_timeout_ms / 1000}
+        # Pooled engines serve the event loop inline (see sqlite_inline): their connections never
+        # wait in SQLite's busy handler; one-off engines (migrations) may.
+        kwargs["connect_args"] = {"timeout": busy_timeout_ms / 1000 if null_pool else 0, "check_same_thread": False}
+        if parsed.drivername == "sqlite+aiosqlite":
+            url = parsed.set(drivername=INLINE_DRIVER).render_as_string(hide_password=False)
         if null_pool:
             kwargs["poolclass"] = NullPool
         else:
@@ -51,11 +58,14 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        raw = conn.connection.dbapi_connection
+        if mode == "IMMEDIATE":
+            begin_immediate(raw, busy_timeout_ms)
+        else:
+            raw.execute(f"BEGIN {mode}")

@@ -7,10 +7,12 @@ RETURNING is already exclusive there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import orjson
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from apiinone.db import tables as t
@@ -18,6 +20,7 @@ from apiinone.db.repositories import task_from_row
 from apiinone.domain.tasks import Task, TaskStatus
 
 _T = t.tasks.c
+_CAP_LOCK_NAMESPACE = 0x61696F  # first key of the per-model advisory locks ("aio")
 
 
 class QueueRepository:
@@ -26,9 +29,55 @@ class QueueRepository:
         self.is_postgres = conn.dialect.name == "postgresql"
 
     async def lease(self, *, node: str, token: str, limit: int, now: int, lease_ms: int,
-                    max_attempts: int, models: Sequence[str] | None = None) -> list[Task]:
+                    max_attempts: int, models: Sequence[str] | None = None,
+                    model_limits: Mapping[str, int] | None = None,
+                    cluster_caps: Mapping[str, int] | None = None) -> list[Task]:
         """Take up to ``limit`` runnable tasks: queued ones, and running ones whose lease ran out
-        (their worker died) while attempts remain."""
+        (their worker died) while attempts remain.
+
+        ``models`` restricts the lease to the models this node serves; ``model_limits`` caps how
+        many of one model this call may take (the node's free slots for it); ``cluster_caps`` caps
+        how many tasks of one model run at once across every node, because an upstream's rate limit
+        is shared by the whole cluster. Capped models are counted and leased under a per-model
+        transaction lock (a PostgreSQL advisory lock; SQLite's single writer already serializes),
+        so two nodes leasing at the same moment can never overshoot a cap."""
+        limits = {m: n for m, n in (model_limits or {}).items() if models is None or m in models}
+        caps = {m: c for m, c in (cluster_caps or {}).items() if models is None or m in models}
+        if caps:
+            running = await self._running_counts(sorted(caps), now)
+            for model, cap in caps.items():
+                free = max(0, cap - running.get(model, 0))
+                limits[model] = min(limits.get(model, free), free)
+        lease = functools.partial(self._lease_batch, node=node, token=token, now=now, lease_ms=lease_ms,
+                                  max_attempts=max_attempts)
+        if not limits:
+            return await lease(limit=limit, models=models)
+        leased: list[Task] = []
+        for model in sorted(limits):  # limited models first: they can never crowd the others out
+            room = min(limits[model], limit - len(leased))
+            if room > 0:
+                leased += await lease(limit=room, models=[model])
+        others = None if models is None else [m for m in models if m not in limits]
+        if limit > len(leased) and others != []:
+            leased += await lease(limit=limit - len(leased), models=others, exclude=list(limits))
+        return sorted(leased, key=lambda task: (task.created_at, task.id))
+
+    async def _running_counts(self, models: Sequence[str], now: int) -> dict[str, int]:
+        """Live (unexpired) running tasks per model, after locking each model's lease slot."""
+        if self.is_postgres:
+            for model in models:  # sorted by the caller: every node locks in one order, no deadlock
+                await self.conn.execute(text("SELECT pg_advisory_xact_lock(:ns, hashtext(:m))"),
+                                        {"ns": _CAP_LOCK_NAMESPACE, "m": model})
+        stmt = (
+            select(_T.model, func.count())
+            .where(_T.status == TaskStatus.RUNNING.value, _T.lease_expires_at >= now, _T.model.in_(list(models)))
+            .group_by(_T.model)
+        )
+        return {str(m): int(n) for m, n in (await self.conn.execute(stmt)).all()}
+
+    async def _lease_batch(self, *, node: str, token: str, limit: int, now: int, lease_ms: int,
+                           max_attempts: int, models: Sequence[str] | None,
+                           exclude: Sequence[str] = ()) -> list[Task]:
         runnable = or_(
             and_(_T.status == TaskStatus.QUEUED.value, _T.run_after <= now),
             and_(_T.status == TaskStatus.RUNNING.value, _T.lease_expires_at < now, _T.attempts < max_attempts),
@@ -36,7 +85,9 @@ class QueueRepository:
         pick = select(_T.id).where(runnable)
         if models is not None:
             pick = pick.where(_T.model.in_(list(models)))
-        pick = pick.order_by(_T.created_at).limit(limit)
+        if exclude:
+            pick = pick.where(_T.model.not_in(list(exclude)))
+        pick = pick.order_by(_T.created_at, _T.id).limit(limit)
         if self.is_postgres:
             pick = pick.with_for_update(skip_locked=True)
         stmt = (
@@ -45,21 +96,26 @@ class QueueRepository:
             .values(
                 status=TaskStatus.RUNNING.value, node=node, lease_token=token,
                 lease_expires_at=now + lease_ms, attempts=_T.attempts + 1,
-                started_at=_coalesce_started(now),
+                started_at=func.coalesce(_T.started_at, now),
             )
             .returning(*t.tasks.c)
         )
         rows = (await self.conn.execute(stmt)).mappings().all()
-        return sorted((task_from_row(r) for r in rows), key=lambda task: task.created_at)
+        return sorted((task_from_row(r) for r in rows), key=lambda task: (task.created_at, task.id))
 
-    async def extend(self, tokens: Sequence[str], until: int) -> int:
-        if not tokens:
+    async def extend(self, tokens: Sequence[str], until: int, task_ids: Sequence[str] | None = None) -> int:
+        """Renew the leases held under ``tokens``; with ``task_ids``, only those tasks, so a task whose
+        run was abandoned (its finish failed) is not kept alive by the heartbeat and gets retried."""
+        if not tokens or (task_ids is not None and not task_ids):
             return 0
-        result = await self.conn.execute(
+        stmt = (
             update(t.tasks)
             .where(_T.lease_token.in_(list(tokens)), _T.status == TaskStatus.RUNNING.value)
             .values(lease_expires_at=until)
         )
+        if task_ids is not None:
+            stmt = stmt.where(_T.id.in_(list(task_ids)))
+        result = await self.conn.execute(stmt)
         return int(result.rowcount or 0)
 
     async def requeue(self, task_id: str, token: str) -> bool:
@@ -82,11 +138,15 @@ class QueueRepository:
         return [task_from_row(r) for r in (await self.conn.execute(stmt)).mappings()]
 
     async def heartbeat_node(self, *, name: str, models: Sequence[str] | None, concurrency: int,
-                             running: int, pid: int, hostname: str, now: int) -> None:
+                             running: int, pid: int, hostname: str, now: int,
+                             model_limits: Mapping[str, int] | None = None,
+                             heartbeat_interval_ms: int | None = None) -> None:
         values = {
             "models": orjson.dumps(list(models) if models is not None else ["*"]).decode(),
             "concurrency": concurrency, "running": running, "pid": pid, "hostname": hostname,
             "heartbeat_at": now, "stopped_at": None,
+            "model_limits": orjson.dumps(dict(model_limits)).decode() if model_limits else None,
+            "heartbeat_interval_ms": heartbeat_interval_ms,
         }
         result = await self.conn.execute(update(t.worker_nodes).where(t.worker_nodes.c.name == name).values(**values))
         if result.rowcount == 0:
@@ -97,12 +157,9 @@ class QueueRepository:
             update(t.worker_nodes).where(t.worker_nodes.c.name == name).values(stopped_at=now, running=0)
         )
 
-    async def nodes(self) -> list[dict[str, object]]:
+    async def nodes(self) -> list[dict[str, Any]]:
         rows = (await self.conn.execute(select(t.worker_nodes).order_by(t.worker_nodes.c.name))).mappings()
-        return [dict(r) | {"models": orjson.loads(r["models"])} for r in rows]
+        return [dict(r) | {"models": orjson.loads(r["models"]),
+                           "model_limits": orjson.loads(r["model_limits"]) if r["model_limits"] else {}}
+                for r in rows]
 
-
-def _coalesce_started(now: int):  # type: ignore[no-untyped-def]
-    from sqlalchemy import func
-
-    return func.coalesce(_T.started_at, now)

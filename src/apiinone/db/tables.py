@@ -90,6 +90,7 @@ tasks = Table(
     Index("ix_tasks_account_created", "account_id", "id"),
     Index("ix_tasks_queue", "status", "run_after"),
     Index("ix_tasks_lease", "status", "lease_expires_at"),
+    Index("ix_tasks_account_status", "account_id", "status"),
 )
 
 ledger_entries = Table(
@@ -203,6 +204,8 @@ worker_nodes = Table(
     Column("heartbeat_at", BigInteger, nullable=False),
     Column("stopped_at", BigInteger, nullable=True),
     Column("running", Integer, nullable=False, default=0),
+    Column("model_limits", Text, nullable=True),  # JSON {"model id": max running on this node}
+    Column("heartbeat_interval_ms", Integer, nullable=True),
 )
 
 model_overrides = Table(

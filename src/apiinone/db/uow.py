@@ -20,8 +20,8 @@ from apiinone.db.repositories import (
     IdempotencyRepository,
     LedgerRepository,
     TaskRepository,
-    WebhookRepository,
 )
+from apiinone.db.webhooks import WebhookRepository
 
 if TYPE_CHECKING:
     from apiinone.db.database import Database

@@ -38,6 +38,7 @@ class ImageJob:
     background: str | None = None
     user: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    mask: InputImage | None = None  # edit mode: a PNG whose transparent pixels mark what to change
 
     @property
     def size(self) -> tuple[int, int]:

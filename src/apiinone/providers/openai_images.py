@@ -142,6 +142,8 @@ class OpenAIImagesProvider:
                 headers={**self._auth, "Content-Type": "application/json"},
             )
         files = [("image[]", (img.filename, img.data, img.content_type)) for img in job.inputs]
+        if job.mask is not None:
+            files.append(("mask", (job.mask.filename, job.mask.data, job.mask.content_type)))
         return self._client.build_request(
             "POST",
             f"{self._base_url}/images/edits",

@@ -27,12 +27,14 @@ from apiinone.errors import (
     InvalidParameter,
     ModelNotFound,
     ModelUnavailable,
+    RateLimited,
     TaskNotCancelable,
     TaskNotFound,
 )
 from apiinone.ids import new_id, now_ms
 
 TASKS_CHANNEL = "apiinone_tasks"
+TASK_EVENTS_CHANNEL = "apiinone_task_events"
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 
 
@@ -46,6 +48,8 @@ class ImageTaskRequest:
     callback_url: str | None = None
     n: int = 1
     options: dict[str, Any] = field(default_factory=dict)
+    input_files: tuple[dict[str, str], ...] = ()
+    """Uploaded inputs already in storage: ``{"key", "content_type", "role": "image" | "mask"}``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +97,13 @@ class TaskService:
     async def create_image_task(self, account: Account, key: ApiKey | None, request: ImageTaskRequest, *,
                                 idempotency: IdempotencyClaim | None = None,
                                 render: Callable[[Task], bytes] | None = None,
-                                status_code: int = 202) -> CreateResult:
+                                status_code: int = 202, max_active_tasks: int | None = None) -> CreateResult:
         """Hold the price, insert the task and enqueue it, in one transaction.
 
-        With an idempotency claim the first response is stored in the same transaction, so two
-        concurrent requests with one key create one task: the loser's insert conflicts, it rolls
-        back and replays the winner's response."""
+        With an idempotency claim the first response is stored in the same transaction, before the
+        hold, so two concurrent requests with one key create one task: the loser's insert conflicts
+        (on PostgreSQL it waits for the winner's commit), it rolls back and replays the winner's
+        response, and it never touches the credits the winner holds."""
         spec = self.resolve_model(request.model, key=key)
         if request.quality not in spec.pricing:
             raise InvalidParameter(f"quality must be one of {', '.join(spec.pricing)}", param="quality")
@@ -112,6 +117,8 @@ class TaskService:
             task_input["n"] = request.n
         if request.options:
             task_input["options"] = request.options
+        if request.input_files:
+            task_input["input_files"] = [dict(f) for f in request.input_files]
         task = Task(id=new_id("tsk", now), account_id=account.id, api_key_id=key.id if key else None,
                     model=spec.id, type=spec.type, status=TaskStatus.QUEUED, input=task_input, price=price,
                     created_at=now, callback_url=request.callback_url)
@@ -121,19 +128,23 @@ class TaskService:
                 return replay
         try:
             async with self.db.uow() as uow:
-                if not await uow.accounts.try_hold(account.id, price):
-                    credits = await uow.accounts.credits(account.id)
-                    raise InsufficientCredits(
-                        f"this task costs {price} credits but only {credits.available} are available")
-                if key is not None and not await uow.api_keys.try_spend(key.id, price):
-                    raise InsufficientCredits("this API key has used up its credit budget")
-                await uow.tasks.add(task)
-                await uow.ledger.add(account.id, LedgerKind.HOLD, price, task_id=task.id, at=now)
                 if idempotency is not None:
+                    await uow.idempotency.delete_expired(account.id, idempotency.key, now - IDEMPOTENCY_TTL_MS)
                     body = render(task) if render else orjson.dumps(task.to_public(self.base_url()))
                     await uow.idempotency.add(account.id, idempotency.key, route=idempotency.route,
                                               request_hash=idempotency.request_hash, status_code=status_code,
                                               response_body=body, task_id=task.id, at=now)
+                if not await uow.accounts.try_hold(account.id, price):
+                    credits = await uow.accounts.credits(account.id)
+                    raise InsufficientCredits(
+                        f"this task costs {price} credits but only {credits.available} are available")
+                # the hold above locked the account row, so concurrent creates count one at a time
+                if max_active_tasks is not None and await uow.tasks.count_active(account.id) >= max_active_tasks:
+                    raise RateLimited(f"this account already has {max_active_tasks} queued or running tasks")
+                if key is not None and not await uow.api_keys.try_spend(key.id, price):
+                    raise InsufficientCredits("this API key has used up its credit budget")
+                await uow.tasks.add(task)
+                await uow.ledger.add(account.id, LedgerKind.HOLD, price, task_id=task.id, at=now)
                 await uow.notify(TASKS_CHANNEL)
                 await uow.commit()
         except IntegrityError:
@@ -234,6 +245,7 @@ class TaskService:
                 await uow.api_keys.refund(task.api_key_id, task.price)
         finished = await uow.tasks.get(task.id)
         assert finished is not None
+        await uow.notify(TASK_EVENTS_CHANNEL, f"{status.value} {task.id}")  # waiters in other processes
         if finished.callback_url:
             await uow.webhooks.enqueue(
                 delivery_id=new_id("msg", now), task_id=task.id, account_id=task.account_id,

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from apiinone.storage.base import Storage, StoredObject
 from apiinone.storage.filesystem import FileSystemStorage, normalize_content_type, validate_key
 from apiinone.storage.memory import MemoryStorage
+
+if TYPE_CHECKING:
+    from apiinone.storage.s3 import S3Options
 
 __all__ = [
     "FileSystemStorage",
@@ -34,10 +38,11 @@ def new_image_key(content_type: str) -> str:
     return f"{token[:2]}/{token}.{ext}"
 
 
-def storage_from_url(url: str) -> Storage:
+def storage_from_url(url: str, *, s3: S3Options | None = None) -> Storage:
     """Builds the backend ``APIINONE_STORAGE_URL`` names.
 
-    ``file:///abs/path`` (also ``file://./relative`` and a bare path) and ``memory://``.
+    ``file:///abs/path`` (also ``file://./relative`` and a bare path), ``memory://``, and
+    ``s3://bucket/prefix`` (endpoint and credentials in ``s3``, from the ``APIINONE_S3_*`` settings).
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -55,10 +60,9 @@ def storage_from_url(url: str) -> Storage:
             raise ValueError(f"file storage URL needs a directory, got {url!r}")
         return FileSystemStorage(Path(path))
     if scheme == "s3":
-        raise ValueError(
-            "s3 storage is configured by the S3 backend (bucket, prefix, endpoint and credentials), "
-            "which this build does not include yet; use file:// or memory:// storage"
-        )
+        from apiinone.storage.s3 import S3Options, S3Storage
+
+        return S3Storage(parts.netloc, unquote(parts.path), s3 or S3Options())
     if scheme == "" and url.strip():
         return FileSystemStorage(Path(url))
-    raise ValueError(f"unsupported storage URL {url!r}: use file:///path or memory://")
+    raise ValueError(f"unsupported storage URL {url!r}: use file:///path, s3://bucket/prefix or memory://")

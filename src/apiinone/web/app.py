@@ -17,6 +17,7 @@ from apiinone.bootstrap import Container, build_container
 from apiinone.config import Settings
 from apiinone.errors import ApiError, InternalError, InvalidParameter, NotFound, ServiceUnavailable
 from apiinone.web.responses import error_response, json_response
+from apiinone.webhooks.delivery import start_delivery_worker
 
 log = structlog.get_logger(__name__)
 
@@ -35,11 +36,15 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
         await container.start_listeners()
         for start in app.state.on_start:
             await start(container)
+        delivery = None
         if embedded_worker:
             await container.make_worker().start()
+            delivery = await start_delivery_worker(container)
         try:
             yield
         finally:
+            if delivery is not None:
+                await delivery.stop()
             if container.worker is not None:
                 await container.worker.stop()
             for stop in app.state.on_stop:
@@ -56,10 +61,20 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
     app.state.on_stop = []
     _install_error_handlers(app)
 
-    from apiinone.web.routes import api, ops
+    from apiinone.web.routes import admin_api, api, deliveries, ops
 
     app.include_router(api.router)
     app.include_router(ops.router)
+    app.include_router(deliveries.router)
+    app.include_router(admin_api.router)
+    from apiinone.web.routes import events, openai_compat
+
+    app.include_router(events.router)
+    app.include_router(openai_compat.router)
+
+    from apiinone.web.routes import pages
+
+    pages.install(app)  # console, admin and model pages, /static
     return app
 
 
@@ -97,12 +112,29 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled_error", path=request.url.path)
         return error_response(InternalError())
 
+    from sqlalchemy.exc import DBAPIError, EmulatedDBAPIException
+
+    # Database errors are answered here rather than by the catch-all only: Starlette re-raises after
+    # the catch-all, and uvicorn then drops the keep-alive connection, so during an outage clients
+    # would see connection resets instead of a clean 503.
+    for database_error in (DBAPIError, EmulatedDBAPIException, ConnectionError, TimeoutError):
+        app.add_exception_handler(database_error, _unexpected)
+
 
 def _is_database_outage(exc: Exception) -> bool:
+    """Connection-level failures, also those a pool connect raises unwrapped while PostgreSQL starts
+    or stops (SQLSTATE class 08 connection exception, 57P0x shutdown / cannot connect now)."""
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-    if isinstance(exc, (OperationalError, InterfaceError)):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, (ConnectionError, OSError))
+    cause: BaseException | None = exc
+    for _ in range(5):  # the error itself and a few of its causes
+        if cause is None:
+            return False
+        if isinstance(cause, (OperationalError, InterfaceError, ConnectionError, OSError)):
+            return True
+        if isinstance(cause, DBAPIError) and cause.connection_invalidated:
+            return True
+        if str(getattr(cause, "sqlstate", None) or "").startswith(("08", "57P")):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False

@@ -1,7 +1,8 @@
 """The task runner: lease → fetch inputs → provider → storage → finish, with heartbeats.
 
-A lease is a token plus an expiry. The heartbeat extends the expiry of every task this worker
-holds; if the process dies the expiry passes and another worker leases the task again. Finishing
+A lease is a token plus an expiry. The heartbeat extends the expiry of every task this worker is
+still running; if the process dies (or a run is abandoned, e.g. its finish failed while the database
+was down) the expiry passes and another worker leases the task again. Finishing
 is a compare-and-set on the token, so a task is charged at most once whoever finishes it.
 """
 
@@ -11,8 +12,8 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -24,7 +25,8 @@ from apiinone.domain.tasks import Task, TaskStatus
 from apiinone.ids import new_id, now_ms
 from apiinone.providers.base import ImageJob, InputImage, ProviderError
 from apiinone.providers.registry import ProviderRegistry
-from apiinone.services.tasks import TaskService
+from apiinone.services.events import notify_payloads
+from apiinone.services.tasks import TASK_EVENTS_CHANNEL, TASKS_CHANNEL, TaskService
 from apiinone.storage import new_image_key
 from apiinone.storage.base import Storage
 from apiinone.webhooks.fetch import InputFetchError, fetch_input_image
@@ -43,12 +45,21 @@ class WorkerOptions:
     task_timeout_s: float = 600.0
     drain_s: float = 20.0
     models: tuple[str, ...] | None = None
+    model_limits: Mapping[str, int] = field(default_factory=dict)
+    """Most tasks of one model this node runs at once (``--models a=4``); others share ``concurrency``."""
+    cluster_caps: Mapping[str, int] = field(default_factory=dict)
+    """Most tasks of one model running at once across the cluster (``APIINONE_MODEL_CONCURRENCY``)."""
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return max(0.2, self.lease_s / 3)
 
 
 class TaskWorker:
     def __init__(self, db: Database, tasks: TaskService, catalog_source: Callable[[], Catalog],
                  providers: ProviderRegistry, storage: Storage, fetch_client: httpx.AsyncClient,
-                 options: WorkerOptions, *, files_base_url: Callable[[], str], wakeup: Wakeup | None = None) -> None:
+                 options: WorkerOptions, *, files_base_url: Callable[[], str], wakeup: Wakeup | None = None,
+                 on_task_started: Callable[[Task], None] = lambda task: None) -> None:
         self.db = db
         self.tasks = tasks
         self.catalog_source = catalog_source
@@ -58,8 +69,10 @@ class TaskWorker:
         self.options = options
         self.files_base_url = files_base_url
         self.wakeup = wakeup or Wakeup()
+        self.on_task_started = on_task_started
         self.token = new_id("lease")
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._running_models: dict[str, str] = {}
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -107,33 +120,41 @@ class TaskWorker:
                     await asyncio.sleep(self.options.poll_s)
                     continue
                 for task in leased:
+                    self._running_models[task.id] = task.model
                     self._running[task.id] = asyncio.create_task(self._run_guarded(task), name=task.id)
+                    self.on_task_started(task)
             if (len(leased) < max(free, 1) or free <= 0) and not self._stopping.is_set():
                 await self.wakeup.wait(self.options.poll_s)
 
     async def lease(self, limit: int) -> list[Task]:
         now = now_ms()
+        running = list(self._running_models.values())
+        node_free = {m: max(0, n - running.count(m)) for m, n in self.options.model_limits.items()}
         async with self.db.uow() as uow:
             leased = await uow.queue.lease(
                 node=self.options.node, token=self.token, limit=limit, now=now,
                 lease_ms=int(self.options.lease_s * 1000), max_attempts=self.options.max_attempts,
-                models=self.options.models,
+                models=self.options.models, model_limits=node_free, cluster_caps=self.options.cluster_caps,
             )
+            for payload in notify_payloads("running", [task.id for task in leased]):
+                await uow.notify(TASK_EVENTS_CHANNEL, payload)  # live events in other processes
             await uow.commit()
         return leased
 
     async def _heartbeat_once(self) -> None:
         now = now_ms()
         async with self.db.uow() as uow:
-            await uow.queue.extend([self.token], now + int(self.options.lease_s * 1000))
+            await uow.queue.extend([self.token], now + int(self.options.lease_s * 1000), task_ids=list(self._running))
             await uow.queue.heartbeat_node(
                 name=self.options.node, models=self.options.models, concurrency=self.options.concurrency,
-                running=len(self._running), pid=os.getpid(), hostname=socket.gethostname(), now=now)
+                running=len(self._running), pid=os.getpid(), hostname=socket.gethostname(), now=now,
+                model_limits=self.options.model_limits,
+                heartbeat_interval_ms=int(self.options.heartbeat_interval_s * 1000))
             await uow.commit()
         await self._fail_exhausted(now)
 
     async def _heartbeat_loop(self) -> None:
-        interval = max(0.2, self.options.lease_s / 3)
+        interval = self.options.heartbeat_interval_s
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
@@ -163,7 +184,17 @@ class TaskWorker:
                                            lease_token=self.token)
         finally:
             self._running.pop(task.id, None)
+            self._running_models.pop(task.id, None)
             self.wakeup.set()
+            if task.model in self.options.cluster_caps and not self._stopping.is_set():
+                await self._announce_free_slot()
+
+    async def _announce_free_slot(self) -> None:
+        """A capped model's slot opened: wake the other nodes now rather than at their next poll."""
+        with contextlib.suppress(Exception):
+            async with self.db.uow() as uow:
+                await uow.notify(TASKS_CHANNEL)
+                await uow.commit()
 
     async def run_task(self, task: Task) -> None:
         started = now_ms()
@@ -174,7 +205,7 @@ class TaskWorker:
                                        lease_token=self.token)
             return
         try:
-            inputs = await self._fetch_inputs(task.input.get("input_urls") or [])
+            inputs, mask = await self._fetch_inputs(task.input)
         except InputFetchError as exc:
             await self.tasks.fail_task(task, "input_fetch_failed", exc.message, lease_token=self.token)
             return
@@ -183,7 +214,8 @@ class TaskWorker:
             prompt=task.input["prompt"], aspect_ratio=task.input["aspect_ratio"], quality=task.input["quality"],
             upstream_model=spec.upstream_model, inputs=tuple(inputs), n=int(task.input.get("n", 1)),
             output_format=str(options.get("output_format", "png")), background=options.get("background"),
-            user=options.get("user"),
+            user=options.get("user"), mask=mask,
+            extra={k: str(options[k]) for k in ("moderation", "output_compression", "input_fidelity") if k in options},
         )
         try:
             result = await asyncio.wait_for(provider.generate(job), self.options.task_timeout_s)
@@ -208,10 +240,23 @@ class TaskWorker:
         log.info("task_finished", task_id=task.id, model=task.model,
                  status=finished.status.value if finished else "lease_lost", ms=now_ms() - started)
 
-    async def _fetch_inputs(self, urls: list[str]) -> list[InputImage]:
-        if not urls:
-            return []
-        return list(await asyncio.gather(*(fetch_input_image(self.fetch_client, url) for url in urls)))
+    async def _fetch_inputs(self, task_input: dict[str, Any]) -> tuple[list[InputImage], InputImage | None]:
+        """The input images (URLs downloaded through the egress guard, then uploads the API already
+        checked and stored) and the optional edit mask."""
+        urls: list[str] = task_input.get("input_urls") or []
+        inputs = list(await asyncio.gather(*(fetch_input_image(self.fetch_client, url) for url in urls)))
+        mask = None
+        for ref in task_input.get("input_files") or []:
+            stored = await self.storage.get(ref["key"])
+            if stored is None:
+                raise InputFetchError("an uploaded input image is no longer in storage")
+            image = InputImage(data=stored.data, content_type=stored.content_type,
+                               filename=ref["key"].rsplit("/", 1)[-1])
+            if ref.get("role") == "mask":
+                mask = image
+            else:
+                inputs.append(image)
+        return inputs, mask
 
 
 __all__ = ["TaskStatus", "TaskWorker", "WorkerOptions"]

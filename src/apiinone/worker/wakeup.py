@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -33,10 +34,15 @@ class Wakeup:
         return fired
 
 
-class PostgresListener:
-    """Holds one asyncpg connection LISTENing on channels and sets the matching Wakeups."""
+PayloadHandler = Callable[[str], None]
+"""Receives each NOTIFY payload of its channel, and ``""`` after a (re)connect: "you may have missed some"."""
 
-    def __init__(self, database_url: str, channels: dict[str, Wakeup]) -> None:
+
+class PostgresListener:
+    """Holds one asyncpg connection LISTENing on channels and sets the matching Wakeups (or hands
+    the payload to a handler)."""
+
+    def __init__(self, database_url: str, channels: dict[str, Wakeup | PayloadHandler]) -> None:
         self.dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
         self.channels = channels
         self._conn: Any = None
@@ -52,10 +58,13 @@ class PostgresListener:
         while not self._stopping:
             try:
                 self._conn = await asyncpg.connect(self.dsn)
-                for channel, wakeup in self.channels.items():
-                    await self._conn.add_listener(channel, lambda *_args, w=wakeup: w.set())
-                for wakeup in self.channels.values():
-                    wakeup.set()  # catch up on anything sent while we were not listening
+                for channel, target in self.channels.items():
+                    await self._conn.add_listener(channel, _listener_for(target))
+                for target in self.channels.values():  # catch up on anything sent while we were not listening
+                    if isinstance(target, Wakeup):
+                        target.set()
+                    else:
+                        target("")
                 closed = asyncio.Event()
                 self._conn.add_termination_listener(lambda *_args, c=closed: c.set())
                 await closed.wait()
@@ -77,3 +86,9 @@ class PostgresListener:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _listener_for(target: Wakeup | PayloadHandler) -> Callable[..., None]:
+    if isinstance(target, Wakeup):
+        return lambda *_args: target.set()
+    return lambda _conn, _pid, _channel, payload: target(payload)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import structlog
 from fastapi import APIRouter
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -16,10 +17,12 @@ from apiinone.ids import now_ms
 from apiinone.services.tasks import IdempotencyClaim, ImageTaskRequest
 from apiinone.web.deps import authenticate, base_url_of, container_of
 from apiinone.web.responses import JsonResponse, json_response
+from apiinone.web.routes.events import prefer_wait
 from apiinone.web.schemas import ImageGenerationBody, parse_json_body
 from apiinone.webhooks.egress import UrlNotAllowed, check_url
 
 router = APIRouter(prefix="/api/v1")
+log = structlog.get_logger(__name__)
 
 _CREATE_DOC: dict[str, Any] = {
     "requestBody": {
@@ -33,9 +36,12 @@ _CREATE_DOC: dict[str, Any] = {
 async def _touch_key(request: Request) -> None:
     key_id = getattr(request.state, "touch_key", None)
     if key_id:
-        async with container_of(request).db.uow() as uow:
-            await uow.api_keys.touch([key_id], now_ms())
-            await uow.commit()
+        try:
+            async with container_of(request).db.uow() as uow:
+                await uow.api_keys.touch([key_id], now_ms())
+                await uow.commit()
+        except Exception as exc:  # best effort, after the response: never fail the connection for it
+            log.warning("key_touch_failed", error=type(exc).__name__)
 
 
 def _touch_task(request: Request) -> BackgroundTask | None:
@@ -64,10 +70,11 @@ def task_response(request: Request, task: Task, status_code: int) -> JsonRespons
              summary="Create an image generation or edit task")
 async def create_image_task(request: Request) -> Response:
     key, account = await authenticate(request)
+    container = container_of(request)
+    await container.rate_limits.check(key, account)
     raw = await request.body()
     body = parse_json_body(raw, ImageGenerationBody)
     await check_user_urls(request, body)
-    container = container_of(request)
     idem_key = request.headers.get("idempotency-key")
     claim = None
     if idem_key is not None:
@@ -81,7 +88,17 @@ async def create_image_task(request: Request) -> Response:
                          quality=body.quality, input_urls=tuple(body.input_urls or ()),
                          callback_url=body.callback_url),
         idempotency=claim, render=lambda t: orjson.dumps(t.to_public(base)),
+        max_active_tasks=container.rate_limits.max_active_tasks(account),
     )
+    wait_s = prefer_wait(request.headers.get("prefer"))
+    if wait_s is not None:  # waits on a signal, holding no database connection meanwhile
+        task = await container.task_events.wait_for_end(account.id, result.task.id, wait_s)
+        response = task_response(request, task, 200 if task.status.is_terminal else 202)
+        response.headers["Preference-Applied"] = f"wait={wait_s}"
+        if result.replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        response.background = _touch_task(request)
+        return response
     if result.replayed:
         assert result.replay_body is not None and result.replay_status is not None
         return JsonResponse(result.replay_body, status_code=result.replay_status,

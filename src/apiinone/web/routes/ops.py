@@ -6,9 +6,10 @@ import re
 
 from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from apiinone.errors import NotFound, ServiceUnavailable
+from apiinone.storage.s3 import S3Storage
 from apiinone.web.deps import container_of
 from apiinone.web.responses import json_response
 
@@ -42,7 +43,11 @@ async def get_file(request: Request, key: str) -> Response:
     """Images are public by unguessable key: 192 random bits, immutable, cacheable forever."""
     if not _KEY.match(key) or ".." in key:
         raise NotFound("file not found")
-    obj = await container_of(request).storage.get(key)
+    storage = container_of(request).storage
+    if isinstance(storage, S3Storage) and storage.presign_s > 0:  # the bytes come straight from the bucket
+        return RedirectResponse(storage.presigned_url(key), status_code=307,
+                                headers={"Cache-Control": f"private, max-age={storage.presign_s // 2}"})
+    obj = await storage.get(key)
     if obj is None:
         raise NotFound("file not found")
     return Response(obj.data, media_type=obj.content_type, headers={

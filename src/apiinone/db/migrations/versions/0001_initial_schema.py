@@ -117,6 +117,8 @@ def upgrade() -> None:
         sa.Column("heartbeat_at", sa.BigInteger(), nullable=False),
         sa.Column("stopped_at", sa.BigInteger(), nullable=True),
         sa.Column("running", sa.Integer(), nullable=False),
+        sa.Column("model_limits", sa.Text(), nullable=True),
+        sa.Column("heartbeat_interval_ms", sa.Integer(), nullable=True),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_worker_nodes")),
     )
     op.create_table(
@@ -203,6 +205,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.create_index("ix_tasks_account_created", ["account_id", "id"], unique=False)
+        batch_op.create_index("ix_tasks_account_status", ["account_id", "status"], unique=False)
         batch_op.create_index("ix_tasks_lease", ["status", "lease_expires_at"], unique=False)
         batch_op.create_index("ix_tasks_queue", ["status", "run_after"], unique=False)
 
@@ -250,6 +253,7 @@ def downgrade() -> None:
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.drop_index("ix_tasks_queue")
         batch_op.drop_index("ix_tasks_lease")
+        batch_op.drop_index("ix_tasks_account_status")
         batch_op.drop_index("ix_tasks_account_created")
 
     op.drop_table("tasks")

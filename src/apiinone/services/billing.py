@@ -1,0 +1,336 @@
+"""Top-ups: redemption codes and orders for credit packs, behind a ``PaymentProvider`` protocol.
+
+Every credit change is a ``topup`` ledger entry written in the same transaction as the state
+change that earns it (a code marked redeemed, an order marked paid), and both state changes are
+compare-and-set updates: a code is redeemed once and an order is paid once, however many
+requests race for it.
+
+Order states: ``pending`` → ``paid`` | ``canceled``; each change is appended to the order's
+history with its time and actor.
+
+To add card payments, implement ``PaymentProvider.begin`` (create the checkout session at the
+processor and return its redirect URL), verify the processor's signed webhook in a route, and call
+``BillingService.mark_paid(order_id, actor=provider.name, external_id=...)`` from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from apiinone.db import tables as t
+from apiinone.db.database import Database
+from apiinone.domain.credits import LedgerKind
+from apiinone.errors import ApiError, InvalidParameter, NotFound
+from apiinone.ids import new_id, now_ms
+
+CODE_PREFIX = "AIO"
+_CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: no I, L, O, U
+MAX_CODES_PER_BATCH = 1000
+MAX_CODE_CREDITS = 10_000_000
+
+
+class RedemptionFailed(InvalidParameter):
+    """Unknown and already-used codes get the same answer, so codes cannot be probed."""
+
+    default_message = "this code is not valid or has already been used"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, param="code")
+
+
+class OrderStateConflict(ApiError):
+    status, code, default_message = 409, "order_state_conflict", "the order is no longer pending"
+
+
+@dataclass(frozen=True, slots=True)
+class CreditPack:
+    id: str
+    credits: int
+    amount_cents: int
+    currency: str = "USD"
+
+
+def packs_from_setting(value: str) -> list[CreditPack]:
+    """``"500,2000,10000"`` → packs at the list price of 1 credit = USD 0.01."""
+    packs = []
+    for part in value.split(","):
+        part = part.strip()
+        if part:
+            credits = int(part)
+            if credits <= 0:
+                raise ValueError("credit packs must be positive")
+            packs.append(CreditPack(id=f"credits-{credits}", credits=credits, amount_cents=credits))
+    return packs
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEvent:
+    status: str
+    at: int
+    actor: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    id: str
+    account_id: str
+    pack: str
+    credits: int
+    amount_cents: int
+    currency: str
+    provider: str
+    status: str
+    created_at: int
+    paid_at: int | None = None
+    external_id: str | None = None
+    history: tuple[OrderEvent, ...] = ()
+    account_email: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkout:
+    """What the buyer does next: follow ``redirect_url`` (card processors) or read the manual
+    payment instructions (the offline provider)."""
+
+    order: Order
+    redirect_url: str | None = None
+    manual: bool = False
+
+
+class PaymentProvider(Protocol):
+    name: str
+
+    async def begin(self, order: Order) -> Checkout: ...
+
+
+class ManualPaymentProvider:
+    """Offline payment (bank transfer, invoice): an administrator marks the order paid."""
+
+    name = "manual"
+
+    async def begin(self, order: Order) -> Checkout:
+        return Checkout(order=order, manual=True)
+
+
+@dataclass(frozen=True, slots=True)
+class CodeBatch:
+    batch: str
+    credits: int
+    total: int
+    redeemed: int
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedBatch:
+    batch: str
+    credits: int
+    codes: list[str] = field(default_factory=list)
+
+
+def normalize_code(code: str) -> str:
+    return "".join(ch for ch in code.upper() if ch.isalnum())
+
+
+def hash_code(code: str) -> str:
+    """Codes carry 80 random bits, so a plain SHA-256 of the normalized code is enough."""
+    return hashlib.sha256(normalize_code(code).encode()).hexdigest()
+
+
+def new_code() -> str:
+    body = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(16))
+    return f"{CODE_PREFIX}-" + "-".join(body[i:i + 4] for i in range(0, 16, 4))
+
+
+def _order_from_row(r: RowMapping) -> Order:
+    history = tuple(OrderEvent(**e) for e in orjson.loads(r["history"] or "[]"))
+    return Order(id=r["id"], account_id=r["account_id"], pack=r["pack"], credits=int(r["credits"]),
+                 amount_cents=int(r["amount_cents"]), currency=r["currency"], provider=r["provider"],
+                 status=r["status"], created_at=int(r["created_at"]), paid_at=r["paid_at"],
+                 external_id=r["external_id"], history=history,
+                 account_email=r.get("email"))
+
+
+def _history_json(history: tuple[OrderEvent, ...]) -> str:
+    return orjson.dumps([{"status": e.status, "at": e.at, "actor": e.actor, "note": e.note}
+                         for e in history]).decode()
+
+
+class BillingRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def add_codes(self, hashes: list[tuple[str, str]], *, batch: str, credits: int, actor: str | None,
+                        at: int) -> None:
+        await self.conn.execute(insert(t.redemption_codes), [
+            {"code_hash": h, "batch": batch, "code_prefix": prefix, "credits": credits, "created_by": actor,
+             "created_at": at}
+            for h, prefix in hashes
+        ])
+
+    async def claim_code(self, code_hash: str, account_id: str, at: int) -> tuple[int, str] | None:
+        """Mark the code redeemed iff nobody has: the one compare-and-set that makes it single-use."""
+        result = await self.conn.execute(
+            update(t.redemption_codes)
+            .where(t.redemption_codes.c.code_hash == code_hash, t.redemption_codes.c.redeemed_by.is_(None))
+            .values(redeemed_by=account_id, redeemed_at=at)
+        )
+        if result.rowcount != 1:
+            return None
+        row = (await self.conn.execute(
+            select(t.redemption_codes.c.credits, t.redemption_codes.c.code_prefix)
+            .where(t.redemption_codes.c.code_hash == code_hash))).one()
+        return int(row[0]), str(row[1])
+
+    async def batches(self, limit: int = 100) -> list[CodeBatch]:
+        c = t.redemption_codes.c
+        stmt = (select(c.batch, func.max(c.credits), func.count(), func.count(c.redeemed_by), func.min(c.created_at))
+                .group_by(c.batch).order_by(func.min(c.created_at).desc()).limit(limit))
+        return [CodeBatch(batch=str(b), credits=int(cr), total=int(n), redeemed=int(r), created_at=int(at))
+                for b, cr, n, r, at in (await self.conn.execute(stmt)).all()]
+
+    async def add_order(self, order: Order) -> None:
+        await self.conn.execute(insert(t.orders).values(
+            id=order.id, account_id=order.account_id, pack=order.pack, credits=order.credits,
+            amount_cents=order.amount_cents, currency=order.currency, provider=order.provider,
+            status=order.status, history=_history_json(order.history), created_at=order.created_at))
+
+    async def get_order(self, order_id: str) -> Order | None:
+        row = (await self.conn.execute(select(t.orders).where(t.orders.c.id == order_id))).mappings().first()
+        return _order_from_row(row) if row else None
+
+    async def list_orders(self, account_id: str | None, *, status: str | None = None,
+                          limit: int = 50) -> list[Order]:
+        stmt = (select(t.orders, t.accounts.c.email)
+                .join(t.accounts, t.accounts.c.id == t.orders.c.account_id)
+                .order_by(t.orders.c.id.desc()).limit(limit))
+        if account_id is not None:
+            stmt = stmt.where(t.orders.c.account_id == account_id)
+        if status:
+            stmt = stmt.where(t.orders.c.status == status)
+        return [_order_from_row(r) for r in (await self.conn.execute(stmt)).mappings()]
+
+    async def move_order(self, order: Order, new_status: str, event: OrderEvent, *,
+                         external_id: str | None = None) -> bool:
+        """Compare-and-set the order out of the status it was read in, appending to its history."""
+        values: dict[str, Any] = {"status": new_status, "history": _history_json((*order.history, event))}
+        if new_status == "paid":
+            values["paid_at"] = event.at
+        if external_id is not None:
+            values["external_id"] = external_id
+        result = await self.conn.execute(
+            update(t.orders).where(and_(t.orders.c.id == order.id, t.orders.c.status == order.status))
+            .values(**values))
+        return result.rowcount == 1
+
+
+class BillingService:
+    def __init__(self, db: Database, *, packs: list[CreditPack],
+                 providers: dict[str, PaymentProvider] | None = None) -> None:
+        self.db = db
+        self.packs = {p.id: p for p in packs}
+        self.providers: dict[str, PaymentProvider] = providers or {"manual": ManualPaymentProvider()}
+
+    async def create_codes(self, *, count: int, credits: int, batch: str = "",
+                           actor: str | None = None) -> CreatedBatch:
+        """A batch of single-use codes. The plaintext is returned once; only hashes are stored."""
+        if not 1 <= count <= MAX_CODES_PER_BATCH:
+            raise InvalidParameter(f"count must be from 1 to {MAX_CODES_PER_BATCH}", param="count")
+        if not 1 <= credits <= MAX_CODE_CREDITS:
+            raise InvalidParameter(f"credits must be from 1 to {MAX_CODE_CREDITS}", param="credits")
+        now = now_ms()
+        label = batch.strip()[:60] or new_id("batch", now)
+        codes = [new_code() for _ in range(count)]
+        async with self.db.uow() as uow:
+            await BillingRepository(uow.conn).add_codes(
+                [(hash_code(c), c[:8]) for c in codes], batch=label, credits=credits, actor=actor, at=now)
+            await uow.commit()
+        return CreatedBatch(batch=label, credits=credits, codes=codes)
+
+    async def redeem(self, account_id: str, code: str) -> int:
+        """Credit the code's value to the account, once per code; returns the credits added."""
+        normalized = normalize_code(code)
+        if not 8 <= len(normalized) <= 64:
+            raise RedemptionFailed()
+        now = now_ms()
+        async with self.db.uow() as uow:
+            claimed = await BillingRepository(uow.conn).claim_code(hash_code(normalized), account_id, now)
+            if claimed is None:
+                raise RedemptionFailed()
+            credits, prefix = claimed
+            await uow.accounts.change(account_id, balance=credits)
+            await uow.ledger.add(account_id, LedgerKind.TOPUP, credits, note=f"redemption code {prefix}…",
+                                 actor=account_id, at=now)
+            await uow.commit()
+        return credits
+
+    async def code_batches(self) -> list[CodeBatch]:
+        async with self.db.uow(write=False) as uow:
+            return await BillingRepository(uow.conn).batches()
+
+    async def create_order(self, account_id: str, pack_id: str, *, provider: str = "manual") -> Checkout:
+        pack = self.packs.get(pack_id)
+        if pack is None:
+            raise InvalidParameter("unknown credit pack", param="pack")
+        payment = self.providers.get(provider)
+        if payment is None:
+            raise InvalidParameter("unknown payment provider", param="provider")
+        now = now_ms()
+        order = Order(id=new_id("ord", now), account_id=account_id, pack=pack.id, credits=pack.credits,
+                      amount_cents=pack.amount_cents, currency=pack.currency, provider=provider,
+                      status="pending", created_at=now,
+                      history=(OrderEvent(status="pending", at=now, actor=account_id),))
+        async with self.db.uow() as uow:
+            await BillingRepository(uow.conn).add_order(order)
+            await uow.commit()
+        return await payment.begin(order)
+
+    async def mark_paid(self, order_id: str, *, actor: str, note: str | None = None,
+                        external_id: str | None = None) -> Order:
+        """pending → paid and the pack's credits as a topup, in one transaction, at most once."""
+        now = now_ms()
+        async with self.db.uow() as uow:
+            repo = BillingRepository(uow.conn)
+            order = await repo.get_order(order_id)
+            if order is None:
+                raise NotFound("order not found")
+            event = OrderEvent(status="paid", at=now, actor=actor, note=note)
+            if order.status != "pending" or not await repo.move_order(order, "paid", event, external_id=external_id):
+                raise OrderStateConflict()
+            await uow.accounts.change(order.account_id, balance=order.credits)
+            await uow.ledger.add(order.account_id, LedgerKind.TOPUP, order.credits, note=f"order {order.id}",
+                                 actor=actor, at=now)
+            paid = await repo.get_order(order_id)
+            await uow.commit()
+        assert paid is not None
+        return paid
+
+    async def cancel_order(self, order_id: str, *, actor: str, account_id: str | None = None,
+                           note: str | None = None) -> Order:
+        """pending → canceled. With ``account_id``, only that account's own order (user cancel)."""
+        now = now_ms()
+        async with self.db.uow() as uow:
+            repo = BillingRepository(uow.conn)
+            order = await repo.get_order(order_id)
+            if order is None or (account_id is not None and order.account_id != account_id):
+                raise NotFound("order not found")
+            event = OrderEvent(status="canceled", at=now, actor=actor, note=note)
+            if order.status != "pending" or not await repo.move_order(order, "canceled", event):
+                raise OrderStateConflict()
+            canceled = await repo.get_order(order_id)
+            await uow.commit()
+        assert canceled is not None
+        return canceled
+
+    async def orders(self, account_id: str | None, *, status: str | None = None, limit: int = 50) -> list[Order]:
+        async with self.db.uow(write=False) as uow:
+            return await BillingRepository(uow.conn).list_orders(account_id, status=status, limit=limit)

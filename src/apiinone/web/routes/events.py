@@ -1,0 +1,66 @@
+"""Live task status over HTTP: ``GET /api/v1/tasks/{id}/events`` (Server-Sent Events) and the
+``Prefer: wait=N`` header of the create route."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from apiinone.services.events import TaskEvent, parse_last_event_id
+from apiinone.web.deps import authenticate, base_url_of, container_of
+
+router = APIRouter(prefix="/api/v1")
+
+MAX_WAIT_S = 60
+RECONNECT_MS = 2000
+
+
+def prefer_wait(header: str | None) -> int | None:
+    """Seconds asked for by ``Prefer: wait=N`` (RFC 7240), capped at 60; None if not asked.
+
+    Other preferences in the header are ignored, as are unreadable values: a preference is a
+    hint, never a reason to fail the request."""
+    if not header:
+        return None
+    for preference in header.split(","):
+        name, _, value = preference.split(";", 1)[0].partition("=")
+        value = value.strip().strip('"')
+        if name.strip().lower() == "wait" and value.isdigit():
+            seconds = min(int(value), MAX_WAIT_S)
+            return seconds if seconds > 0 else None
+    return None
+
+
+def format_sse(event: TaskEvent | None) -> bytes:
+    if event is None:
+        return b": keep-alive\n\n"
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.event.encode(), orjson.dumps(event.data))
+
+
+@router.get("/tasks/{task_id}/events", summary="Stream a task's status changes (Server-Sent Events)",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "queued, running, then the terminal status with the task object"}})
+async def task_events(request: Request, task_id: str) -> Response:
+    """Events ``queued`` (id 1), ``running`` (id 2) and the terminal status (id 3, data = the task
+    object); the stream ends after the terminal event. Send ``Last-Event-ID`` (or
+    ``?last_event_id=`` where headers cannot be set) to resume after a disconnect."""
+    _key, account = await authenticate(request)
+    events = container_of(request).task_events
+    await events.read(account.id, task_id)  # 404 as JSON, before the stream starts
+    after = parse_last_event_id(request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
+    base = base_url_of(request)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"retry: %d\n\n" % RECONNECT_MS
+        async for event in events.stream(account.id, task_id, base, after=after):
+            if event is None and await request.is_disconnected():
+                return
+            yield format_sse(event)
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={
+        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,538 @@
+"""OpenAI's Images API under ``/v1``, so existing code and the official ``openai`` SDK work with
+``base_url="http://host/v1"`` and an ``aio_`` key.
+
+Nothing here bypasses the task pipeline: a request becomes an image task (same keys, same credit
+hold, same queue and workers as ``/api/v1``) and the route waits for it to end — on a signal,
+holding no database connection — then answers synchronously in OpenAI's shapes.
+
+Field mapping:
+
+* ``size``: ``1024x1024`` and ``auto`` → 1:1, ``1024x1536`` → 2:3, ``1536x1024`` → 3:2
+* ``quality``: ``low``, ``medium`` and ``auto`` → our medium tier; ``high`` → high
+* ``n`` 1–10: n images for n × price, held all or nothing
+* ``response_format``: ``b64_json`` (default, as for OpenAI's gpt-image models) or ``url``
+* ``output_format``, ``background``, ``user``, ``moderation``, ``output_compression`` and
+  ``input_fidelity`` go to the upstream as given
+
+Errors use OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}`` with the status
+the SDK maps to its exception classes. Out of credits is 429 ``insufficient_quota``, exactly as
+OpenAI answers it, with ``x-should-retry: false`` so the SDK does not retry it.
+
+A client that disconnects before its image is ready has its task canceled (nothing is charged),
+unless it sent an ``Idempotency-Key``: that says it will retry and collect the same result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import io
+import warnings
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import structlog
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
+from PIL import Image
+from starlette.background import BackgroundTask
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message
+
+from apiinone.bootstrap import Container
+from apiinone.domain.accounts import Account, ApiKey
+from apiinone.domain.tasks import MAX_INPUT_URLS, MAX_PROMPT_CHARS, Task, TaskStatus
+from apiinone.errors import (
+    ApiError,
+    Forbidden,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InternalError,
+    InvalidParameter,
+    ModelNotFound,
+    ModelUnavailable,
+    PayloadTooLarge,
+    RateLimited,
+    TaskNotCancelable,
+    Unauthorized,
+)
+from apiinone.ids import now_ms
+from apiinone.services.tasks import CreateResult, IdempotencyClaim, ImageTaskRequest
+from apiinone.storage import new_image_key
+from apiinone.web.deps import authenticate, container_of
+from apiinone.web.responses import JsonResponse
+from apiinone.web.schemas import MAX_JSON_BYTES
+from apiinone.webhooks.fetch import DEFAULT_MAX_PIXELS, sniff_image_type
+
+log = structlog.get_logger(__name__)
+
+SIZES = {"auto": "1:1", "1024x1024": "1:1", "1024x1536": "2:3", "1536x1024": "3:2"}
+QUALITY_TIERS = {"low": "medium", "medium": "medium", "auto": "medium", "high": "high"}
+RESPONSE_FORMATS = ("b64_json", "url")
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+BACKGROUNDS = ("transparent", "opaque", "auto")
+MAX_IMAGES = 10
+MAX_USER_CHARS = 256
+MAX_MULTIPART_BYTES = 50 * 1024 * 1024
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+SYNC_WAIT_S = 900.0
+"""How long a request waits for its image before answering 504; longer than any task may run."""
+
+_COMMON_FIELDS = frozenset({"model", "prompt", "n", "size", "quality", "response_format", "output_format",
+                            "output_compression", "background", "user", "stream", "partial_images"})
+GENERATION_FIELDS = _COMMON_FIELDS | {"moderation"}
+EDIT_FIELDS = _COMMON_FIELDS | {"input_fidelity"}
+_UPSTREAM_CHOICES = {"moderation": ("low", "auto"), "input_fidelity": ("low", "high")}
+
+
+class OpenAIInvalidRequest(InvalidParameter):
+    """A 400 carrying OpenAI's own ``code`` (``invalid_value``, ``unknown_parameter``, ...)."""
+
+    def __init__(self, message: str, *, param: str | None, openai_code: str = "invalid_value") -> None:
+        super().__init__(message, param=param)
+        self.openai_code = openai_code
+
+
+def openai_error(status: int, message: str, *, type_: str, code: str | None, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> JsonResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JsonResponse(body, status_code=status, headers=headers)
+
+
+def openai_error_for(exc: ApiError) -> JsonResponse:
+    """Our error tree in OpenAI's envelope, at the status the SDK maps to the matching exception."""
+    status, type_ = exc.status, "invalid_request_error" if exc.status < 500 else "server_error"
+    code: str | None = exc.code
+    headers: dict[str, str] = {}
+    if isinstance(exc, OpenAIInvalidRequest):
+        code = exc.openai_code
+    elif isinstance(exc, Unauthorized):
+        code = "invalid_api_key"
+    elif isinstance(exc, InsufficientCredits):
+        status, type_, code = 429, "insufficient_quota", "insufficient_quota"
+        headers["x-should-retry"] = "false"
+    elif isinstance(exc, RateLimited):
+        type_, code = "requests", "rate_limit_exceeded"
+        headers["Retry-After"] = str(exc.retry_after)
+    elif isinstance(exc, (IdempotencyConflict, ModelUnavailable, Forbidden)):
+        headers["x-should-retry"] = "false"  # retrying cannot help; the SDK would retry 409 and 5xx
+    return openai_error(status, exc.message, type_=type_, code=code, param=exc.param, headers=headers)
+
+
+class OpenAIErrorsRoute(APIRoute):
+    """Answers every error of these routes in OpenAI's envelope, whatever raised it."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                return openai_error_for(exc)
+            except Exception:
+                log.exception("unhandled_error", path=request.url.path)
+                return openai_error_for(InternalError())
+
+        return handle
+
+
+router = APIRouter(prefix="/v1", route_class=OpenAIErrorsRoute, tags=["OpenAI-compatible"])
+
+
+# ------------------------------------------------------------------------------------ parameters
+
+
+@dataclass(frozen=True, slots=True)
+class ImageParams:
+    model: str
+    prompt: str
+    aspect_ratio: str
+    quality: str
+    n: int
+    response_format: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def task_request(self, input_files: tuple[dict[str, str], ...] = ()) -> ImageTaskRequest:
+        return ImageTaskRequest(model=self.model, prompt=self.prompt, aspect_ratio=self.aspect_ratio,
+                                quality=self.quality, n=self.n, options=self.options, input_files=input_files)
+
+
+def _invalid_value(param: str, value: object, allowed: tuple[str, ...] | list[str]) -> OpenAIInvalidRequest:
+    listed = ", ".join(f"'{a}'" for a in allowed)
+    return OpenAIInvalidRequest(f"Invalid value: '{value}'. Supported values are: {listed}.", param=param)
+
+
+def _choice(fields: Mapping[str, object], name: str, allowed: tuple[str, ...] | list[str]) -> str | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in allowed:
+        raise _invalid_value(name, value, allowed)
+    return value
+
+
+def _integer(fields: Mapping[str, object], name: str, default: int, low: int, high: int) -> int:
+    value = fields.get(name, default)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():  # multipart fields are text
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OpenAIInvalidRequest(f"Invalid type for '{name}': expected an integer.", param=name,
+                                   openai_code="invalid_type")
+    if not low <= value <= high:
+        raise OpenAIInvalidRequest(f"Invalid '{name}': expected a value from {low} to {high}, got {value}.",
+                                   param=name, openai_code="integer_out_of_range")
+    return value
+
+
+def parse_image_params(fields: Mapping[str, object], allowed: frozenset[str]) -> ImageParams:
+    """OpenAI's request fields, checked the way OpenAI checks them, mapped onto our task input."""
+    for name in fields:
+        if name not in allowed:
+            raise OpenAIInvalidRequest(f"Unknown parameter: '{name}'.", param=name, openai_code="unknown_parameter")
+    model, prompt = fields.get("model"), fields.get("prompt")
+    for name, value in (("model", model), ("prompt", prompt)):
+        if value is None:
+            raise OpenAIInvalidRequest(f"Missing required parameter: '{name}'.", param=name,
+                                       openai_code="missing_required_parameter")
+        if not isinstance(value, str):
+            raise OpenAIInvalidRequest(f"Invalid type for '{name}': expected a string.", param=name,
+                                       openai_code="invalid_type")
+    assert isinstance(model, str) and isinstance(prompt, str)
+    prompt = prompt.strip()
+    if not 1 <= len(prompt) <= MAX_PROMPT_CHARS:
+        raise OpenAIInvalidRequest(f"Invalid 'prompt': expected 1 to {MAX_PROMPT_CHARS} characters.",
+                                   param="prompt", openai_code="string_above_max_length" if prompt else "empty_string")
+    if fields.get("stream") not in (None, False, "false"):
+        raise OpenAIInvalidRequest("Streaming image generation is not supported by this server.", param="stream")
+    if fields.get("partial_images") not in (None, 0, "0"):
+        raise OpenAIInvalidRequest("partial_images needs streaming, which this server does not support.",
+                                   param="partial_images")
+    size = _choice(fields, "size", list(SIZES)) or "auto"
+    quality = _choice(fields, "quality", list(QUALITY_TIERS)) or "auto"
+    output_format = _choice(fields, "output_format", OUTPUT_FORMATS)
+    background = _choice(fields, "background", BACKGROUNDS)
+    if background == "transparent" and output_format == "jpeg":
+        raise OpenAIInvalidRequest("Transparent background is not supported for the jpeg output format.",
+                                   param="background")
+    options: dict[str, Any] = {}
+    if output_format is not None:
+        options["output_format"] = output_format
+    if background not in (None, "auto"):
+        options["background"] = background
+    for name, choices in _UPSTREAM_CHOICES.items():
+        chosen = _choice(fields, name, choices)
+        if chosen is not None:
+            options[name] = chosen
+    if "output_compression" in fields:
+        options["output_compression"] = _integer(fields, "output_compression", 100, 0, 100)
+    user = fields.get("user")
+    if user is not None:
+        if not isinstance(user, str) or len(user) > MAX_USER_CHARS:
+            raise OpenAIInvalidRequest(f"Invalid 'user': expected a string of at most {MAX_USER_CHARS} characters.",
+                                       param="user")
+        options["user"] = user
+    return ImageParams(
+        model=model, prompt=prompt, aspect_ratio=SIZES[size], quality=QUALITY_TIERS[quality],
+        n=_integer(fields, "n", 1, 1, MAX_IMAGES),
+        response_format=_choice(fields, "response_format", RESPONSE_FORMATS) or "b64_json", options=options,
+    )
+
+
+def _idempotency_claim(request: Request, route: str, fingerprint: bytes) -> IdempotencyClaim | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255:
+        raise OpenAIInvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
+    return IdempotencyClaim.for_body(key, route, fingerprint)
+
+
+# ------------------------------------------------------------------------------------------ routes
+
+
+@router.post("/images/generations", summary="Create images (OpenAI Images API, synchronous)")
+async def create_images(request: Request) -> Response:
+    key, account = await authenticate(request)
+    container = container_of(request)
+    await container.rate_limits.check(key, account)
+    raw = await request.body()
+    if len(raw) > MAX_JSON_BYTES:
+        raise PayloadTooLarge(f"JSON bodies are limited to {MAX_JSON_BYTES} bytes")
+    try:
+        fields = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        fields = None
+    if not isinstance(fields, dict):
+        raise OpenAIInvalidRequest("We could not parse the JSON body of your request.", param=None,
+                                   openai_code="invalid_json")
+    params = parse_image_params(fields, GENERATION_FIELDS)
+    claim = _idempotency_claim(request, "v1.images.generations", raw)
+    result = await _create(container, key, account, params, claim)
+    return await _respond(request, container, account, params, claim, result)
+
+
+@router.post("/images/edits", summary="Edit images (OpenAI Images API, multipart, synchronous)")
+async def edit_images(request: Request) -> Response:
+    key, account = await authenticate(request)
+    container = container_of(request)
+    await container.rate_limits.check(key, account)
+    fields, uploads = await _read_multipart(request)
+    params = parse_image_params(fields, EDIT_FIELDS)
+    images = [u for u in uploads if u.field in ("image", "image[]")]
+    masks = [u for u in uploads if u.field == "mask"]
+    if not images:
+        raise OpenAIInvalidRequest("Missing required parameter: 'image'.", param="image",
+                                   openai_code="missing_required_parameter")
+    if len(images) > MAX_INPUT_URLS or len(masks) > 1:
+        raise OpenAIInvalidRequest(f"Send 1 to {MAX_INPUT_URLS} images and at most one mask.", param="image",
+                                   openai_code="array_above_max_length")
+    if masks and masks[0].content_type != "image/png":
+        raise OpenAIInvalidRequest("Invalid mask image format - mask image must be a PNG file.", param="mask",
+                                   openai_code="invalid_image_format")
+    fingerprint = orjson.dumps({"fields": sorted((k, str(v)) for k, v in fields.items()),
+                                "files": [[u.field, hashlib.sha256(u.data).hexdigest()] for u in uploads]})
+    claim = _idempotency_claim(request, "v1.images.edits", fingerprint)
+    stored: list[dict[str, str]] = []
+    try:  # stored before the task exists, so a worker never leases a task whose inputs are missing
+        for upload in [*images, *masks]:
+            storage_key = f"inputs/{new_image_key(upload.content_type)}"
+            await container.storage.put(storage_key, upload.data, upload.content_type)
+            stored.append({"key": storage_key, "content_type": upload.content_type,
+                           "role": "mask" if upload.field == "mask" else "image"})
+        result = await _create(container, key, account, params, claim, input_files=tuple(stored))
+    except BaseException:
+        await _discard(container, stored)
+        raise
+    if result.replayed:  # the first request's task references its own copies of these uploads
+        await _discard(container, stored)
+    return await _respond(request, container, account, params, claim, result)
+
+
+@router.get("/models", summary="Models this key can call (OpenAI list shape)")
+async def list_models(request: Request) -> Response:
+    await authenticate(request)
+    container = container_of(request)
+    data = [_model_object(m.id) for m in container.catalog.launched() if container.providers.is_available(m)]
+    return JsonResponse({"object": "list", "data": data})
+
+
+@router.get("/models/{model_id:path}", summary="One model by id or alias (OpenAI shape)")
+async def get_model(request: Request, model_id: str) -> Response:
+    await authenticate(request)
+    spec = container_of(request).catalog.resolve(model_id)
+    if spec is None or not spec.launched or not spec.enabled:
+        raise ModelNotFound(f"The model '{model_id}' does not exist", param="model")
+    return JsonResponse(_model_object(spec.id))
+
+
+def _model_object(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "apiinone"}  # the catalog has no dates
+
+
+# ------------------------------------------------------------------------------------- the task
+
+
+async def _create(container: Container, key: ApiKey, account: Account, params: ImageParams,
+                  claim: IdempotencyClaim | None, *, input_files: tuple[dict[str, str], ...] = ()) -> CreateResult:
+    return await container.tasks.create_image_task(
+        account, key, params.task_request(input_files), idempotency=claim,
+        max_active_tasks=container.rate_limits.max_active_tasks(account))
+
+
+async def _respond(request: Request, container: Container, account: Account, params: ImageParams,
+                   claim: IdempotencyClaim | None, result: CreateResult) -> Response:
+    task = await _wait_for_end(request, container, account.id, result.task.id)
+    headers = {"X-Task-Id": task.id}
+    if result.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    if not task.status.is_terminal:
+        if claim is None:  # nobody can collect the result any more
+            await _cancel_quietly(container, account.id, task.id)
+        return openai_error(504, f"The image was not ready within {SYNC_WAIT_S:g} s (task {task.id}).",
+                            type_="server_error", code="timeout", headers=headers)
+    if task.status is not TaskStatus.SUCCEEDED:
+        return _failure_response(task, headers)
+    response = JsonResponse(await _images_body(container, task, params), headers=headers)
+    if getattr(request.state, "touch_key", None):
+        response.background = BackgroundTask(_touch_api_key, container, request.state.touch_key)
+    return response
+
+
+async def _wait_for_end(request: Request, container: Container, account_id: str, task_id: str) -> Task:
+    """The finished task; if the client goes away first, its task is canceled unless an
+    Idempotency-Key promises a retry."""
+    gone = asyncio.Event()
+
+    async def watch_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+        container.task_events.wake(task_id)
+
+    watcher = asyncio.create_task(watch_disconnect())
+    try:
+        task = await container.task_events.wait_for_end(account_id, task_id, SYNC_WAIT_S, stop=gone)
+    finally:
+        watcher.cancel()
+    if gone.is_set() and not task.status.is_terminal and "idempotency-key" not in request.headers:
+        log.info("client_gone_task_canceled", task_id=task_id)
+        await _cancel_quietly(container, account_id, task_id)
+    return task
+
+
+async def _cancel_quietly(container: Container, account_id: str, task_id: str) -> None:
+    with contextlib.suppress(TaskNotCancelable):  # it ended meanwhile
+        await container.tasks.cancel_task(account_id, task_id)
+
+
+_FAILURES: dict[str, tuple[int, str, str]] = {  # task error code → HTTP status, OpenAI type and code
+    "content_policy": (400, "image_generation_user_error", "moderation_blocked"),
+    "input_fetch_failed": (400, "invalid_request_error", "invalid_image_file"),
+    "invalid_parameter": (400, "invalid_request_error", "invalid_value"),
+    "canceled": (409, "invalid_request_error", "task_canceled"),
+    "model_unavailable": (503, "server_error", "model_unavailable"),
+    "timeout": (504, "server_error", "timeout"),
+}
+
+
+def _failure_response(task: Task, headers: dict[str, str]) -> JsonResponse:
+    error = task.error or {}
+    code = error.get("code", "upstream_error")
+    status, type_, openai_code = _FAILURES.get(code, (502, "server_error", code))
+    if status < 500 or status == 503:  # the same request would fail the same way
+        headers = {**headers, "x-should-retry": "false"}
+    message = f"{error.get('message') or 'the image task failed'} (task {task.id})"
+    return openai_error(status, message, type_=type_, code=openai_code, headers=headers)
+
+
+async def _images_body(container: Container, task: Task, params: ImageParams) -> dict[str, Any]:
+    output = task.output or {}
+    images: list[dict[str, Any]] = output.get("images") or []
+    if params.response_format == "url":
+        data = [{"url": image["url"]} for image in images]
+    else:
+        blobs = await asyncio.gather(*(_image_bytes(container, image["url"]) for image in images))
+        data = [{"b64_json": base64.b64encode(blob).decode()} for blob in blobs]
+    first = images[0] if images else {"width": 1024, "height": 1024}
+    body: dict[str, Any] = {
+        "created": task.created_at // 1000, "data": data,
+        "output_format": params.options.get("output_format", "png"), "quality": params.quality,
+        "size": f"{first['width']}x{first['height']}",
+    }
+    if "background" in params.options:
+        body["background"] = params.options["background"]
+    if isinstance(output.get("usage"), dict):
+        body["usage"] = output["usage"]
+    return body
+
+
+async def _image_bytes(container: Container, url: str) -> bytes:
+    """The stored bytes behind an output URL: from storage when the app serves it (``/files/``),
+    else downloaded through the egress guard like any other URL."""
+    path = urlsplit(url).path
+    if path.startswith("/files/"):
+        stored = await container.storage.get(path.removeprefix("/files/"))
+        if stored is not None:
+            return stored.data
+    response = await container.fetch_client.get(url)
+    if response.status_code != 200:
+        raise InternalError("a generated image could not be read back from storage")
+    return response.content
+
+
+async def _touch_api_key(container: Container, key_id: str) -> None:
+    async with container.db.uow() as uow:
+        await uow.api_keys.touch([key_id], now_ms())
+        await uow.commit()
+
+
+# --------------------------------------------------------------------------------------- uploads
+
+
+@dataclass(frozen=True, slots=True)
+class _Upload:
+    field: str
+    data: bytes
+    content_type: str
+
+
+async def _read_multipart(request: Request) -> tuple[dict[str, str], list[_Upload]]:
+    """Text fields and verified image uploads of a multipart body of at most 50 MB."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise OpenAIInvalidRequest("Invalid Content-Type header, expected multipart/form-data.", param=None)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_MULTIPART_BYTES:
+        raise PayloadTooLarge(f"multipart bodies are limited to {MAX_MULTIPART_BYTES} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_MULTIPART_BYTES:
+            raise PayloadTooLarge(f"multipart bodies are limited to {MAX_MULTIPART_BYTES} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+
+    async def replay_body() -> Message:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay_body).form(max_files=MAX_INPUT_URLS + 2, max_fields=50)
+    except Exception as exc:  # the parser raises several types on malformed input
+        raise OpenAIInvalidRequest(f"The multipart body could not be parsed: {exc}", param=None) from exc
+    fields: dict[str, str] = {}
+    uploads: list[_Upload] = []
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if name not in ("image", "image[]", "mask"):
+                    raise OpenAIInvalidRequest(f"Unknown parameter: '{name}'.", param=name,
+                                               openai_code="unknown_parameter")
+                uploads.append(await _verified_upload(name, await value.read()))
+            else:
+                fields[name] = value
+    finally:
+        await form.close()
+    return fields, uploads
+
+
+async def _verified_upload(field_name: str, data: bytes) -> _Upload:
+    """Trust only the bytes: PNG, JPEG or WebP by magic number, and a header Pillow accepts."""
+    param = "mask" if field_name == "mask" else "image"
+    content_type = sniff_image_type(data)
+    if content_type is None or len(data) > MAX_UPLOAD_BYTES:
+        raise OpenAIInvalidRequest(
+            f"Invalid image file: each {param} must be a PNG, JPEG or WebP file of at most {MAX_UPLOAD_BYTES} bytes.",
+            param=param, openai_code="invalid_image_file")
+    if not await asyncio.to_thread(_pillow_accepts, data):
+        raise OpenAIInvalidRequest(f"Invalid image file: the {param} is damaged or too large.", param=param,
+                                   openai_code="invalid_image_file")
+    return _Upload(field_name, data, content_type)
+
+
+def _pillow_accepts(data: bytes) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if not 0 < width * height <= DEFAULT_MAX_PIXELS:
+                    return False
+                image.verify()
+    except Exception:  # Pillow raises many types on hostile input
+        return False
+    return True
+
+
+async def _discard(container: Container, stored: list[dict[str, str]]) -> None:
+    for ref in stored:
+        try:
+            await container.storage.delete(ref["key"])
+        except Exception as exc:  # best effort: an orphaned upload is only wasted space
+            log.warning("upload_discard_failed", key=ref["key"], error=str(exc))

@@ -1,0 +1,52 @@
+"""The short benchmark runs end to end: real servers, real wrk, a JSON report with every row.
+
+It checks that the benchmark works and counted real successes; it never judges a timing (the CI
+machine is shared and its figures mean nothing)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.e2e
+
+LOAD_ROWS = ("create", "read")
+OPENAI_ROWS = ("openai", "openai_realistic")
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (scripts/bench.sh installs it)")
+def test_short_benchmark_reports_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--short", "--json", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr[-4000:]
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert set(rows) >= {"startup", *LOAD_ROWS, *OPENAI_ROWS, "e2e"}
+
+    for name in LOAD_ROWS:
+        for side in ("apiinone", "upstream_direct"):
+            load = rows[name][side]
+            assert load["ok"] > 0, (name, side, load)
+            assert load["non2xx"] == 0 and load["socket_errors"] == 0, (name, side, load)
+    for name in OPENAI_ROWS:
+        row = rows[name]
+        if row["status"] == "skipped":  # only when this build has no /v1/images/generations
+            assert "does not exist" in row["note"], row
+            continue
+        for side in ("apiinone", "upstream_direct", "apiinone_1_client", "upstream_direct_1_client"):
+            assert row[side]["ok"] > 0 and row[side]["non2xx"] == 0, (name, side, row[side])
+
+    e2e = rows["e2e"]
+    assert e2e["status"] == "ok" and e2e["created"] > 0 and e2e["succeeded"] >= e2e["created"], e2e
+    startup = rows["startup"]
+    assert startup["apiinone_ready_s"] > 0 and startup["apiinone_idle_rss_mb"] > 0, startup
+    assert "| task creation" in report["table"] and "| end to end" in report["table"]
+    assert "| task creation" in run.stdout

@@ -1,0 +1,123 @@
+"""The model catalog: built-in models, aliases, the operator's TOML override file, the parameters schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from apiinone.domain.catalog import Catalog
+
+
+@pytest.fixture
+def builtin() -> Catalog:
+    return Catalog.load()
+
+
+def test_builtin_models_and_prices(builtin: Catalog) -> None:
+    gpt = builtin.models["gpt-image-1.5-official"]
+    assert (gpt.provider, gpt.upstream_model, gpt.type) == ("openai", "gpt-image-1.5", "image")
+    assert gpt.pricing == {"medium": 10, "high": 28} and gpt.price("high") == 28
+    assert {"gpt-image-1-5", "gpt-image-1.5"} <= set(gpt.aliases)
+    typeset = builtin.models["local-typeset"]
+    assert (typeset.provider, typeset.pricing) == ("local-typeset", {"medium": 1, "high": 2})
+    assert "not an ai model" in typeset.text("description", "en").lower()
+    assert [m.id for m in builtin.launched()] == ["gpt-image-1.5-official", "local-typeset"]
+
+
+@pytest.mark.parametrize("name", ["gpt-image-1.5-official", "gpt-image-1-5", "gpt-image-1.5", "GPT-Image-1-5",
+                                  "GPT-IMAGE-1.5-OFFICIAL"])
+def test_ids_and_aliases_resolve_case_insensitively(builtin: Catalog, name: str) -> None:
+    spec = builtin.resolve(name)
+    assert spec is not None and spec.id == "gpt-image-1.5-official"
+
+
+def test_unknown_names_do_not_resolve(builtin: Catalog) -> None:
+    assert builtin.resolve("gpt-image-2") is None
+    assert builtin.resolve("") is None
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "models.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_override_file_merges_by_id_and_adds_models(tmp_path: Path) -> None:
+    catalog = Catalog.load(write(tmp_path, """
+[[models]]
+id = "gpt-image-1.5-official"
+pricing = { medium = 12, high = 30 }
+base_url = "http://gateway.internal/v1"
+
+[[models]]
+id = "house-model"
+name = "House Model"
+aliases = ["House"]
+type = "image"
+provider = "openai"
+upstream_model = "gpt-image-1"
+pricing = { medium = 3 }
+api_key_env = "HOUSE_KEY"
+"""))
+    gpt = catalog.models["gpt-image-1.5-official"]
+    assert gpt.pricing == {"medium": 12, "high": 30} and gpt.base_url == "http://gateway.internal/v1"
+    assert gpt.upstream_model == "gpt-image-1.5" and "gpt-image-1-5" in gpt.aliases, "unset fields are kept"
+    house = catalog.resolve("house")
+    assert house is not None and house.id == "house-model" and house.api_key_env == "HOUSE_KEY"
+    assert house.launched and house.enabled
+    assert {m.id for m in catalog.launched()} == {"gpt-image-1.5-official", "local-typeset", "house-model"}
+    assert house.parameters_schema()["properties"]["quality"]["enum"] == ["medium"]
+
+
+def test_unlaunched_or_disabled_models_are_hidden_from_the_list(tmp_path: Path) -> None:
+    catalog = Catalog.load(write(tmp_path, """
+[[models]]
+id = "gpt-image-1.5-official"
+launched = false
+
+[[models]]
+id = "local-typeset"
+enabled = false
+"""))
+    assert catalog.launched() == []
+    assert catalog.resolve("gpt-image-1-5") is not None, "lookups still see it; the service refuses it"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[[models]]\nname = "no id"\n', "needs an id"),
+    ('[[models]]\nid = "half-a-model"\nname = "Half"\n', "missing"),
+])
+def test_bad_override_files_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Catalog.load(write(tmp_path, text))
+
+
+def test_parameters_schema_describes_the_request_body(builtin: Catalog) -> None:
+    spec = builtin.models["gpt-image-1.5-official"]
+    schema = spec.parameters_schema()
+    assert schema["type"] == "object" and schema["additionalProperties"] is False
+    assert schema["required"] == ["model", "prompt"]
+    props = schema["properties"]
+    assert set(props) == {"model", "prompt", "aspect_ratio", "quality", "input_urls", "callback_url"}
+    assert props["model"]["enum"] == ["gpt-image-1.5-official", *spec.aliases]
+    assert (props["prompt"]["minLength"], props["prompt"]["maxLength"]) == (1, 5000)
+    assert props["aspect_ratio"] == {**props["aspect_ratio"], "enum": ["1:1", "2:3", "3:2"], "default": "1:1"}
+    assert props["quality"]["enum"] == ["medium", "high"] and props["quality"]["default"] == "medium"
+    assert '"high" (28 credits)' in props["quality"]["description"]
+    assert (props["input_urls"]["minItems"], props["input_urls"]["maxItems"]) == (1, 16)
+
+
+def test_public_model_object(builtin: Catalog) -> None:
+    public = builtin.models["local-typeset"].to_public(available=True)
+    assert {"id", "aliases", "type", "input_modalities", "output_modalities", "pricing", "available",
+            "parameters"} <= set(public)
+    assert (public["id"], public["type"], public["available"]) == ("local-typeset", "image", True)
+    assert public["pricing"] == {"medium": 1, "high": 2} and public["output_modalities"] == ["image"]
+
+
+def test_admin_overrides_make_a_copy(builtin: Catalog) -> None:
+    changed = builtin.with_overrides({"local-typeset": {"pricing": {"medium": 5, "high": 9}, "enabled": False}})
+    assert changed.models["local-typeset"].pricing == {"medium": 5, "high": 9}
+    assert [m.id for m in changed.launched()] == ["gpt-image-1.5-official"]
+    assert builtin.models["local-typeset"].pricing == {"medium": 1, "high": 2}
