@@ -73,7 +73,8 @@ class Container:
         )
         self.worker = TaskWorker(self.db, self.tasks, self.catalog_source, self.providers, self.storage,
                                  self.fetch_client, options, files_base_url=self.base_url,
-                                 wakeup=self.task_wakeup, on_task_started=self.task_events.publish)
+                                 wakeup=self.task_wakeup, on_task_started=self.task_events.publish,
+                                 on_task_images=self.task_events.offer_images)
         return self.worker
 
     async def start_listeners(self) -> None:
@@ -105,7 +106,8 @@ def build_container(settings: Settings) -> Container:
     webhook_wakeup = Wakeup()
     container = Container(
         settings=settings, db=db, catalog=catalog, providers=providers,
-        storage=storage_from_url(settings.resolved_storage_url, s3=S3Options.from_settings(settings)),
+        storage=storage_from_url(settings.resolved_storage_url, s3=S3Options.from_settings(settings),
+                                 fsync=settings.storage_fsync),
         egress=egress, fetch_client=fetch_client,
         accounts=AccountService(db, starter_credits=settings.starter_credits),
         keys=ApiKeyAuthenticator(db, ttl_s=settings.key_cache_ttl_s),

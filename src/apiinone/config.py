@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     s3_presign_s: int = 0  # > 0: /files/{key} redirects to a presigned URL valid this long
     s3_public_url: str | None = None  # a public bucket or CDN base: image URLs point there directly
     storage_retention_days: int | None = None
+    # Flush each stored image to disk before renaming it into place. Off: a power loss can lose
+    # images of recently finished tasks; on: one disk flush per image (docs/performance.md).
+    storage_fsync: bool = False
 
     key_cache_ttl_s: float = 2.0
     starter_credits: int = 0

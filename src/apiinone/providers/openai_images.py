@@ -31,7 +31,6 @@ from typing import Any
 
 import httpx
 import orjson
-from PIL import Image, UnidentifiedImageError
 
 from apiinone.providers.base import (
     ContentPolicyError,
@@ -238,16 +237,17 @@ class OpenAIImagesProvider:
         for item in items:
             if not isinstance(item, dict):
                 raise ProviderError("upstream returned an unexpected image entry")
-            if isinstance(item.get("b64_json"), str):
+            b64 = item.get("b64_json")
+            if isinstance(b64, str):
                 try:
-                    data = base64.b64decode(item["b64_json"], validate=True)
+                    data = base64.b64decode(b64, validate=True)
                 except (binascii.Error, ValueError):
                     raise ProviderError("upstream returned an image that is not valid base64") from None
             elif isinstance(item.get("url"), str):
-                data = await self._download(item["url"])
+                b64, data = None, await self._download(item["url"])
             else:
                 raise ProviderError("upstream returned an image entry with neither b64_json nor url")
-            images.append(_described(data, fallback_type))
+            images.append(_described(data, fallback_type, b64))
         return tuple(images)
 
     async def _download(self, url: str) -> bytes:
@@ -276,15 +276,17 @@ class OpenAIImagesProvider:
             ) from None
 
 
-def _described(data: bytes, fallback_type: str) -> GeneratedImage:
+def _described(data: bytes, fallback_type: str, b64: str | None = None) -> GeneratedImage:
     """Read size and format from the image header only; the pixels are never decoded here."""
+    from PIL import Image, UnidentifiedImageError  # imported on first use, like every Pillow import
+
     try:
         with Image.open(BytesIO(data)) as img:
             width, height = img.size
             content_type = _PIL_CONTENT_TYPES.get(img.format or "", fallback_type)
     except (UnidentifiedImageError, OSError, ValueError):
         raise ProviderError("upstream returned bytes that are not an image") from None
-    return GeneratedImage(data=data, content_type=content_type, width=width, height=height)
+    return GeneratedImage(data=data, content_type=content_type, width=width, height=height, b64=b64)
 
 
 def _error_object(response: httpx.Response) -> dict[str, Any]:

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apiinone.db.database import Database
 from apiinone.domain.tasks import Task, iso
 from apiinone.errors import TaskNotFound
 from apiinone.services.tasks import TASK_EVENTS_CHANNEL
+
+if TYPE_CHECKING:
+    from apiinone.providers.base import GeneratedImage
 
 __all__ = [
     "TASK_EVENTS_CHANNEL",
@@ -85,13 +88,16 @@ def notify_payloads(status: str, task_ids: Iterable[str]) -> list[str]:
 
 class TaskWatch:
     """One waiter's mailbox for one task: a level-triggered flag plus the newest task object a
-    publisher handed over (so an in-process finish needs no database read)."""
+    publisher handed over (so an in-process finish needs no database read), and the generated
+    images by output URL when the worker that made them runs in this process (so a synchronous
+    answer needs no storage read)."""
 
-    __slots__ = ("_flag", "latest", "task_id")
+    __slots__ = ("_flag", "images", "latest", "task_id")
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
         self.latest: Task | None = None
+        self.images: dict[str, GeneratedImage] = {}
         self._flag = asyncio.Event()
 
     def signal(self, task: Task | None = None) -> None:
@@ -123,6 +129,12 @@ class TaskEvents:
         """A task changed in this process (the worker started it, or it ended here)."""
         for watch in self._watches.get(task.id, ()):
             watch.signal(task)
+
+    def offer_images(self, task_id: str, images: Mapping[str, GeneratedImage]) -> None:
+        """The worker in this process stored these images (by output URL) for the task; waiters
+        keep them until they answer. Nobody waiting: nothing is kept."""
+        for watch in self._watches.get(task_id, ()):
+            watch.images.update(images)
 
     def on_notify(self, payload: str) -> None:
         """A NOTIFY from any process. An empty payload means "we may have missed some": the
@@ -176,6 +188,14 @@ class TaskEvents:
         """The task once it has ended, or as it is after ``timeout_s`` or once ``stop`` is set
         (set it, then :meth:`wake` the task). Never cancelled from outside mid-read, so pooled
         connections are never abandoned half way through a query."""
+        task, _images = await self.wait_for_output(account_id, task_id, timeout_s, stop=stop)
+        return task
+
+    async def wait_for_output(self, account_id: str, task_id: str, timeout_s: float, *,
+                              stop: asyncio.Event | None = None) -> tuple[Task, dict[str, GeneratedImage]]:
+        """:meth:`wait_for_end`, plus the images a worker in this process offered for the task,
+        by output URL (empty when it ran elsewhere). Match them against ``task.output``: a task
+        finished by another worker has other URLs."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         with self.watch(task_id) as watch:
@@ -183,13 +203,13 @@ class TaskEvents:
             while not task.status.is_terminal:
                 remaining = deadline - loop.time()
                 if remaining <= 0 or (stop is not None and stop.is_set()):
-                    return task
+                    return task, watch.images
                 await watch.changed(min(remaining, self.poll_s))
                 latest = watch.latest
                 if latest is not None and latest.status.is_terminal and latest.account_id == account_id:
-                    return latest
+                    return latest, watch.images
                 task = await self.read(account_id, task_id)
-            return task
+            return task, watch.images
 
     async def stream(self, account_id: str, task_id: str, base_url: str, *,
                      after: int = 0) -> AsyncIterator[TaskEvent | None]:

@@ -38,11 +38,12 @@ def new_image_key(content_type: str) -> str:
     return f"{token[:2]}/{token}.{ext}"
 
 
-def storage_from_url(url: str, *, s3: S3Options | None = None) -> Storage:
+def storage_from_url(url: str, *, s3: S3Options | None = None, fsync: bool = False) -> Storage:
     """Builds the backend ``APIINONE_STORAGE_URL`` names.
 
     ``file:///abs/path`` (also ``file://./relative`` and a bare path), ``memory://``, and
     ``s3://bucket/prefix`` (endpoint and credentials in ``s3``, from the ``APIINONE_S3_*`` settings).
+    ``fsync`` makes file storage flush each image to disk before it is renamed into place.
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -58,11 +59,11 @@ def storage_from_url(url: str, *, s3: S3Options | None = None) -> Storage:
             raise ValueError(f"file storage URL must be file:///absolute/path, got {url!r}")
         if not path or path == "/":
             raise ValueError(f"file storage URL needs a directory, got {url!r}")
-        return FileSystemStorage(Path(path))
+        return FileSystemStorage(Path(path), fsync=fsync)
     if scheme == "s3":
         from apiinone.storage.s3 import S3Options, S3Storage
 
         return S3Storage(parts.netloc, unquote(parts.path), s3 or S3Options())
     if scheme == "" and url.strip():
-        return FileSystemStorage(Path(url))
+        return FileSystemStorage(Path(url), fsync=fsync)
     raise ValueError(f"unsupported storage URL {url!r}: use file:///path, s3://bucket/prefix or memory://")

@@ -14,7 +14,6 @@ import io
 import warnings
 
 import httpx
-from PIL import Image
 
 from apiinone.providers.base import InputImage
 from apiinone.webhooks.egress import UrlNotAllowed
@@ -81,6 +80,8 @@ async def _download(client: httpx.AsyncClient, url: str, max_bytes: int) -> byte
 
 def _check_image(data: bytes, pillow_format: str, max_pixels: int) -> None:
     """Parse header and structure only; ``verify()`` never decodes the pixel data."""
+    from PIL import Image  # imported on first use: it weighs on the idle server's memory
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

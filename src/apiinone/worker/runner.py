@@ -23,7 +23,7 @@ from apiinone.db.database import Database
 from apiinone.domain.catalog import Catalog
 from apiinone.domain.tasks import Task, TaskStatus
 from apiinone.ids import new_id, now_ms
-from apiinone.providers.base import ImageJob, InputImage, ProviderError
+from apiinone.providers.base import GeneratedImage, ImageJob, InputImage, ProviderError
 from apiinone.providers.registry import ProviderRegistry
 from apiinone.services.events import notify_payloads
 from apiinone.services.tasks import TASK_EVENTS_CHANNEL, TASKS_CHANNEL, TaskService
@@ -59,7 +59,9 @@ class TaskWorker:
     def __init__(self, db: Database, tasks: TaskService, catalog_source: Callable[[], Catalog],
                  providers: ProviderRegistry, storage: Storage, fetch_client: httpx.AsyncClient,
                  options: WorkerOptions, *, files_base_url: Callable[[], str], wakeup: Wakeup | None = None,
-                 on_task_started: Callable[[Task], None] = lambda task: None) -> None:
+                 on_task_started: Callable[[Task], None] = lambda task: None,
+                 on_task_images: Callable[[str, Mapping[str, GeneratedImage]], None] = lambda task_id, images: None,
+                 ) -> None:
         self.db = db
         self.tasks = tasks
         self.catalog_source = catalog_source
@@ -70,6 +72,7 @@ class TaskWorker:
         self.files_base_url = files_base_url
         self.wakeup = wakeup or Wakeup()
         self.on_task_started = on_task_started
+        self.on_task_images = on_task_images
         self.token = new_id("lease")
         self._running: dict[str, asyncio.Task[None]] = {}
         self._running_models: dict[str, str] = {}
@@ -226,6 +229,7 @@ class TaskWorker:
             await self.tasks.fail_task(task, exc.code, exc.message, lease_token=self.token)
             return
         images = []
+        by_url: dict[str, GeneratedImage] = {}
         base = self.files_base_url()
         for image in result.images:
             key = new_image_key(image.content_type)
@@ -233,9 +237,11 @@ class TaskWorker:
             url = self.storage.public_url(key) or f"{base}/files/{key}"
             images.append({"url": url, "width": image.width, "height": image.height,
                            "content_type": image.content_type})
+            by_url[url] = image
         output: dict[str, Any] = {"images": images}
         if result.usage:
             output["usage"] = result.usage
+        self.on_task_images(task.id, by_url)  # before the finish wakes a synchronous waiter here
         finished = await self.tasks.complete_task(task, self.token, output)
         log.info("task_finished", task_id=task.id, model=task.model,
                  status=finished.status.value if finished else "lease_lost", ms=now_ms() - started)

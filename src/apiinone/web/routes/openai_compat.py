@@ -39,7 +39,6 @@ import orjson
 import structlog
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
-from PIL import Image
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -64,6 +63,7 @@ from apiinone.errors import (
     Unauthorized,
 )
 from apiinone.ids import now_ms
+from apiinone.providers.base import GeneratedImage
 from apiinone.services.tasks import CreateResult, IdempotencyClaim, ImageTaskRequest
 from apiinone.storage import new_image_key
 from apiinone.web.deps import authenticate, container_of
@@ -349,7 +349,7 @@ async def _create(container: Container, key: ApiKey, account: Account, params: I
 
 async def _respond(request: Request, container: Container, account: Account, params: ImageParams,
                    claim: IdempotencyClaim | None, result: CreateResult) -> Response:
-    task = await _wait_for_end(request, container, account.id, result.task.id)
+    task, offered = await _wait_for_end(request, container, account.id, result.task.id)
     headers = {"X-Task-Id": task.id}
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -360,15 +360,16 @@ async def _respond(request: Request, container: Container, account: Account, par
                             type_="server_error", code="timeout", headers=headers)
     if task.status is not TaskStatus.SUCCEEDED:
         return _failure_response(task, headers)
-    response = JsonResponse(await _images_body(container, task, params), headers=headers)
+    response = JsonResponse(await _images_body(container, task, params, offered), headers=headers)
     if getattr(request.state, "touch_key", None):
         response.background = BackgroundTask(_touch_api_key, container, request.state.touch_key)
     return response
 
 
-async def _wait_for_end(request: Request, container: Container, account_id: str, task_id: str) -> Task:
-    """The finished task; if the client goes away first, its task is canceled unless an
-    Idempotency-Key promises a retry."""
+async def _wait_for_end(request: Request, container: Container, account_id: str,
+                        task_id: str) -> tuple[Task, dict[str, GeneratedImage]]:
+    """The finished task and the images this process's worker offered for it (by URL); if the
+    client goes away first, its task is canceled unless an Idempotency-Key promises a retry."""
     gone = asyncio.Event()
 
     async def watch_disconnect() -> None:
@@ -379,13 +380,13 @@ async def _wait_for_end(request: Request, container: Container, account_id: str,
 
     watcher = asyncio.create_task(watch_disconnect())
     try:
-        task = await container.task_events.wait_for_end(account_id, task_id, SYNC_WAIT_S, stop=gone)
+        task, offered = await container.task_events.wait_for_output(account_id, task_id, SYNC_WAIT_S, stop=gone)
     finally:
         watcher.cancel()
     if gone.is_set() and not task.status.is_terminal and "idempotency-key" not in request.headers:
         log.info("client_gone_task_canceled", task_id=task_id)
         await _cancel_quietly(container, account_id, task_id)
-    return task
+    return task, offered
 
 
 async def _cancel_quietly(container: Container, account_id: str, task_id: str) -> None:
@@ -413,14 +414,17 @@ def _failure_response(task: Task, headers: dict[str, str]) -> JsonResponse:
     return openai_error(status, message, type_=type_, code=openai_code, headers=headers)
 
 
-async def _images_body(container: Container, task: Task, params: ImageParams) -> dict[str, Any]:
+async def _images_body(container: Container, task: Task, params: ImageParams,
+                       offered: Mapping[str, GeneratedImage]) -> dict[str, Any]:
+    """OpenAI's answer. ``b64_json`` comes from the bytes the worker in this process still holds
+    (``offered``, by URL; the upstream's own base64 when it sent one), else from storage."""
     output = task.output or {}
     images: list[dict[str, Any]] = output.get("images") or []
     if params.response_format == "url":
         data = [{"url": image["url"]} for image in images]
     else:
-        blobs = await asyncio.gather(*(_image_bytes(container, image["url"]) for image in images))
-        data = [{"b64_json": base64.b64encode(blob).decode()} for blob in blobs]
+        data = [{"b64_json": b64} for b64 in await asyncio.gather(
+            *(_image_b64(container, image["url"], offered.get(image["url"])) for image in images))]
     first = images[0] if images else {"width": 1024, "height": 1024}
     body: dict[str, Any] = {
         "created": task.created_at // 1000, "data": data,
@@ -432,6 +436,12 @@ async def _images_body(container: Container, task: Task, params: ImageParams) ->
     if isinstance(output.get("usage"), dict):
         body["usage"] = output["usage"]
     return body
+
+
+async def _image_b64(container: Container, url: str, held: GeneratedImage | None) -> str:
+    if held is not None:
+        return held.b64 if held.b64 is not None else base64.b64encode(held.data).decode()
+    return base64.b64encode(await _image_bytes(container, url)).decode()
 
 
 async def _image_bytes(container: Container, url: str) -> bytes:
@@ -517,6 +527,8 @@ async def _verified_upload(field_name: str, data: bytes) -> _Upload:
 
 
 def _pillow_accepts(data: bytes) -> bool:
+    from PIL import Image  # imported on first use: it weighs on the idle server's memory
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
