@@ -86,8 +86,9 @@ def serve(
     _migrate_embedded(settings)
     settings.resolved_secret_key()
     if workers > 1:
-        if settings.is_sqlite and not no_worker:
-            typer.echo("note: with SQLite and several API processes only the first runs a worker", err=True)
+        if settings.is_sqlite:
+            typer.echo("note: several API processes share one SQLite writer; PostgreSQL scales writes better",
+                       err=True)
         os.environ["APIINONE_EMBEDDED_WORKER"] = "0" if no_worker else "1"
         uvicorn.run("apiinone.web.factory:app_from_env", factory=True, host=host, port=port, workers=workers,
                     loop="uvloop", http=CoalescingHttpToolsProtocol, access_log=access_log, log_level="warning",
