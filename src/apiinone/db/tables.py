@@ -217,17 +217,6 @@ model_overrides = Table(
     Column("updated_at", BigInteger, nullable=False),
 )
 
-task_events = Table(
-    "task_events",
-    metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("task_id", String(40), nullable=False),
-    Column("event", String(40), nullable=False),
-    Column("data", Text, nullable=True),
-    Column("created_at", BigInteger, nullable=False),
-    Index("ix_task_events_task", "task_id", "id"),
-)
-
 __all__ = [
     "UniqueConstraint",
     "accounts",
@@ -238,7 +227,6 @@ __all__ = [
     "model_overrides",
     "orders",
     "redemption_codes",
-    "task_events",
     "tasks",
     "web_sessions",
     "webhook_attempts",

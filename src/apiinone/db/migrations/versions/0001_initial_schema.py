@@ -74,18 +74,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("code_hash", name=op.f("pk_redemption_codes")),
     )
     op.create_table(
-        "task_events",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
-        sa.Column("task_id", sa.String(length=40), nullable=False),
-        sa.Column("event", sa.String(length=40), nullable=False),
-        sa.Column("data", sa.Text(), nullable=True),
-        sa.Column("created_at", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_task_events")),
-    )
-    with op.batch_alter_table("task_events", schema=None) as batch_op:
-        batch_op.create_index("ix_task_events_task", ["task_id", "id"], unique=False)
-
-    op.create_table(
         "webhook_deliveries",
         sa.Column("id", sa.String(length=40), nullable=False),
         sa.Column("task_id", sa.String(length=40), nullable=False),
@@ -275,10 +263,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_webhook_deliveries_task_id"))
 
     op.drop_table("webhook_deliveries")
-    with op.batch_alter_table("task_events", schema=None) as batch_op:
-        batch_op.drop_index("ix_task_events_task")
-
-    op.drop_table("task_events")
     op.drop_table("redemption_codes")
     op.drop_table("model_overrides")
     with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
