@@ -15,7 +15,7 @@ from apiinone.db.database import Database
 from apiinone.domain.catalog import Catalog
 from apiinone.providers.registry import ProviderRegistry
 from apiinone.ratelimit import RateLimiter
-from apiinone.services.accounts import AccountService, ApiKeyAuthenticator
+from apiinone.services.accounts import KEYS_CHANNEL, AccountService, ApiKeyAuthenticator
 from apiinone.services.events import TASK_EVENTS_CHANNEL, TaskEvents
 from apiinone.services.tasks import TaskService
 from apiinone.storage import storage_from_url
@@ -77,11 +77,15 @@ class Container:
                                  on_task_images=self.task_events.offer_images)
         return self.worker
 
+    def _invalidate_cached_keys(self, key_hash: str) -> None:
+        self.keys.invalidate(key_hash or None)
+
     async def start_listeners(self) -> None:
         if self.db.dialect == "postgresql":
             listener = PostgresListener(self.db.url, {"apiinone_tasks": self.task_wakeup,
                                                       "apiinone_webhooks": self.webhook_wakeup,
-                                                      TASK_EVENTS_CHANNEL: self.task_events.on_notify})
+                                                      TASK_EVENTS_CHANNEL: self.task_events.on_notify,
+                                                      KEYS_CHANNEL: self._invalidate_cached_keys})
             await listener.start()
             self.listeners.append(listener)
 

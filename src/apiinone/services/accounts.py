@@ -18,6 +18,8 @@ from apiinone.ids import new_id, now_ms
 from apiinone.webhooks.signing import new_webhook_secret
 
 API_KEY_PREFIX = "aio_"
+KEYS_CHANNEL = "apiinone_keys"
+"""NOTIFY channel for key-cache invalidation: the payload is a key hash, or empty for "drop all"."""
 _password_hasher = PasswordHasher()  # argon2id with the library's current recommended cost
 
 
@@ -132,6 +134,7 @@ class AccountService:
             if not await uow.api_keys.revoke(account_id, key_id):
                 raise NotFound("API key not found")
             key_hash = await uow.api_keys.hash_of(key_id)
+            await uow.notify(KEYS_CHANNEL, key_hash or "")  # other API processes drop it from their caches
             await uow.commit()
         assert key_hash is not None
         return key_hash

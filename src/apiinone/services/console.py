@@ -20,6 +20,7 @@ from apiinone.domain.catalog import Catalog
 from apiinone.domain.tasks import Task
 from apiinone.errors import InvalidParameter, NotFound
 from apiinone.ids import now_ms
+from apiinone.services.accounts import KEYS_CHANNEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,7 @@ class ConsoleQueries:
             await uow.accounts.update(account_id, disabled=disabled)
             if disabled:
                 await uow.conn.execute(delete(t.web_sessions).where(t.web_sessions.c.account_id == account_id))
+            await uow.notify(KEYS_CHANNEL, "")  # every API process re-reads its cached keys
             await uow.commit()
 
     async def set_display_name(self, account_id: str, name: str) -> None:
