@@ -200,3 +200,15 @@ async def test_ops_routes(sqlite_harness: AppHarness) -> None:
     r = await c.get("/no/such/route")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert (await c.get("/files/../../etc/passwd")).status_code == 404
+
+
+async def test_chunked_body_over_one_megabyte_is_413_without_buffering_it_all(sqlite_harness: AppHarness) -> None:
+    caller = await sqlite_harness.caller()
+    async def chunks():  # no Content-Length: the server must count while streaming
+        for _ in range(64):
+            yield b" " * (64 * 1024)
+
+    r = await caller.post("/api/v1/images/generations", content=chunks())
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    r = await caller.post("/api/v1/images/generations", content=b"{}", headers={"content-length": str(2 * 1024 * 1024)})
+    assert r.status_code == 413

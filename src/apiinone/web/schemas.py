@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from starlette.requests import Request
 
 from apiinone.domain.tasks import MAX_INPUT_URLS, MAX_PROMPT_CHARS
 from apiinone.errors import InvalidJson, InvalidParameter, PayloadTooLarge
@@ -41,6 +42,22 @@ _FRIENDLY = {
 }
 
 M = TypeVar("M", bound=BaseModel)
+
+
+async def read_json_body(request: Request, limit: int = MAX_JSON_BYTES) -> bytes:
+    """The raw body, refused with 413 as soon as it is known to exceed ``limit``: by its declared
+    Content-Length before reading, or while streaming a chunked body, never after buffering it all."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def parse_json_body(raw: bytes, model: type[M]) -> M:

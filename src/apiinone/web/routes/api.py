@@ -18,7 +18,7 @@ from apiinone.services.tasks import IdempotencyClaim, ImageTaskRequest
 from apiinone.web.deps import authenticate, base_url_of, container_of
 from apiinone.web.responses import JsonResponse, json_response
 from apiinone.web.routes.events import prefer_wait
-from apiinone.web.schemas import ImageGenerationBody, parse_json_body
+from apiinone.web.schemas import ImageGenerationBody, parse_json_body, read_json_body
 from apiinone.webhooks.egress import UrlNotAllowed, check_url
 
 router = APIRouter(prefix="/api/v1")
@@ -72,7 +72,7 @@ async def create_image_task(request: Request) -> Response:
     key, account = await authenticate(request)
     container = container_of(request)
     await container.rate_limits.check(key, account)
-    raw = await request.body()
+    raw = await read_json_body(request)
     body = parse_json_body(raw, ImageGenerationBody)
     await check_user_urls(request, body)
     idem_key = request.headers.get("idempotency-key")

@@ -19,7 +19,7 @@ from apiinone.web.deps import base_url_of, container_of
 from apiinone.web.responses import json_response
 from apiinone.web.routes.api import check_user_urls
 from apiinone.web.routes.pages import services_of
-from apiinone.web.schemas import ImageGenerationBody, parse_json_body
+from apiinone.web.schemas import ImageGenerationBody, parse_json_body, read_json_body
 
 router = APIRouter(prefix="/console/api", include_in_schema=False)
 
@@ -46,7 +46,7 @@ async def create_task(request: Request) -> Response:
     account = await _session_for_write(request)
     container = container_of(request)
     await container.rate_limits.check(None, account)
-    body = parse_json_body(await request.body(), ImageGenerationBody)
+    body = parse_json_body(await read_json_body(request), ImageGenerationBody)
     await check_user_urls(request, body)
     result = await container.tasks.create_image_task(
         account, None,

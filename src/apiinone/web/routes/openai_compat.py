@@ -68,7 +68,7 @@ from apiinone.services.tasks import CreateResult, IdempotencyClaim, ImageTaskReq
 from apiinone.storage import new_image_key
 from apiinone.web.deps import authenticate, container_of
 from apiinone.web.responses import JsonResponse
-from apiinone.web.schemas import MAX_JSON_BYTES
+from apiinone.web.schemas import read_json_body
 from apiinone.webhooks.fetch import DEFAULT_MAX_PIXELS, sniff_image_type
 
 log = structlog.get_logger(__name__)
@@ -263,9 +263,7 @@ async def create_images(request: Request) -> Response:
     key, account = await authenticate(request)
     container = container_of(request)
     await container.rate_limits.check(key, account)
-    raw = await request.body()
-    if len(raw) > MAX_JSON_BYTES:
-        raise PayloadTooLarge(f"JSON bodies are limited to {MAX_JSON_BYTES} bytes")
+    raw = await read_json_body(request)
     try:
         fields = orjson.loads(raw)
     except orjson.JSONDecodeError:
