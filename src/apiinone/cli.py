@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -40,6 +41,24 @@ def _migrate_embedded(settings: Settings) -> None:
         upgrade(settings.resolved_database_url)
 
 
+def _start_embedded_migration(settings: Settings) -> subprocess.Popen[bytes] | None:
+    """``serve`` migrates embedded SQLite in a child process, while it imports the app: Alembic
+    would otherwise stay in the server's memory (~10 MB) for its whole life."""
+    if not settings.is_sqlite:
+        return None
+    command = [sys.executable, "-m", "apiinone.db.migrate", settings.resolved_database_url]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603  # our own interpreter, no shell
+
+
+def _finish_embedded_migration(migration: subprocess.Popen[bytes] | None) -> None:
+    if migration is None:
+        return
+    _, stderr = migration.communicate()
+    if migration.returncode != 0:
+        typer.echo(f"database migration failed:\n{stderr.decode(errors='replace')}", err=True)
+        raise typer.Exit(1)
+
+
 def _run_with_container(settings: Settings, body: Callable[[Container], Awaitable[T]]) -> T:
     from apiinone.bootstrap import build_container
 
@@ -72,20 +91,22 @@ def serve(
     """API + dashboard + an embedded worker; migrates the embedded database first."""
     import os
 
-    import uvicorn
-
-    from apiinone.logging import configure_logging
-    from apiinone.web.server import CoalescingHttpToolsProtocol
-
     settings = _settings()
     if not settings.public_url:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         os.environ["APIINONE_PUBLIC_URL"] = f"http://{shown}:{port}"
         settings = _settings()
+    migration = _start_embedded_migration(settings)  # runs while the imports below load
+
+    import uvicorn
+
+    from apiinone.logging import configure_logging
+    from apiinone.web.server import CoalescingHttpToolsProtocol
+
     configure_logging(settings.log_level, settings.log_json)
-    _migrate_embedded(settings)
     settings.resolved_secret_key()
     if workers > 1:
+        _finish_embedded_migration(migration)
         if settings.is_sqlite:
             typer.echo("note: several API processes share one SQLite writer; PostgreSQL scales writes better",
                        err=True)
@@ -97,6 +118,7 @@ def serve(
     from apiinone.web.app import create_app
 
     application = create_app(settings, embedded_worker=not no_worker, migrate=False)
+    _finish_embedded_migration(migration)
     uvicorn.run(application, host=host, port=port, loop="uvloop", http=CoalescingHttpToolsProtocol,
                 access_log=access_log, log_level="warning", timeout_graceful_shutdown=25)
 

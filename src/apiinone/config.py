@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     storage_retention_days: int | None = None
     # Flush each stored image to disk before renaming it into place. Off: a power loss can lose
     # images of recently finished tasks; on: one disk flush per image (docs/performance.md).
-    storage_fsync: bool = False
+    storage_fsync: bool = True
 
     key_cache_ttl_s: float = 2.0
     starter_credits: int = 0

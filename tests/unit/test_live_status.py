@@ -12,6 +12,7 @@ from apiinone.client._sse import SSEDecoder
 from apiinone.db.database import Database
 from apiinone.domain.tasks import Task, TaskStatus
 from apiinone.errors import InsufficientCredits, ModelNotFound, RateLimited, Unauthorized
+from apiinone.providers.base import GeneratedImage
 from apiinone.services.events import TaskEvents, events_of, notify_payloads, parse_last_event_id
 from apiinone.web.routes.events import format_sse, prefer_wait
 from apiinone.web.routes.openai_compat import (
@@ -84,6 +85,19 @@ async def test_hub_signals_only_the_watchers_of_a_task(tmp_path: Path) -> None:
             assert await one.changed(0) and await two.changed(0)
             assert hub.watched_tasks == 2
         assert hub.watched_tasks == 0
+    finally:
+        await hub.db.dispose()
+
+
+async def test_offered_images_reach_only_the_watchers_of_their_task(tmp_path: Path) -> None:
+    hub = TaskEvents(Database(f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}"), poll_s=60)
+    image = GeneratedImage(data=b"png", content_type="image/png", width=1, height=1, b64="cG5n")
+    try:
+        hub.offer_images("tsk_1", {"http://x/files/a.png": image})  # nobody waits: nothing is kept
+        with hub.watch("tsk_1") as one, hub.watch("tsk_2") as two:
+            assert one.images == {}
+            hub.offer_images("tsk_1", {"http://x/files/a.png": image})
+            assert one.images == {"http://x/files/a.png": image} and two.images == {}
     finally:
         await hub.db.dispose()
 

@@ -150,6 +150,31 @@ async def test_filesystem_failed_write_leaves_old_file_and_no_temp(
     assert [p.name for p in (tmp_path / "ab").iterdir()] == ["x.png"]
 
 
+@pytest.mark.parametrize("fsync", [False, True])
+async def test_filesystem_fsync_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool) -> None:
+    flushed: list[int] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        flushed.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    storage = storage_from_url(f"file://{tmp_path}", fsync=fsync)
+    await storage.put("ab/x.png", b"x", "image/png")
+    assert (tmp_path / "ab" / "x.png").read_bytes() == b"x"
+    assert len(flushed) == (1 if fsync else 0)
+
+
+async def test_filesystem_makes_a_removed_directory_again(tmp_path: Path) -> None:
+    storage = FileSystemStorage(tmp_path)
+    await storage.put("ab/x.png", b"x", "image/png")
+    (tmp_path / "ab" / "x.png").unlink()
+    (tmp_path / "ab").rmdir()  # removed behind the storage's back (e.g. a retention sweep)
+    await storage.put("ab/y.png", b"y", "image/png")
+    assert (tmp_path / "ab" / "y.png").read_bytes() == b"y"
+
+
 async def test_filesystem_rejects_mismatched_content_type(tmp_path: Path) -> None:
     storage = FileSystemStorage(tmp_path)
     with pytest.raises(ValueError):

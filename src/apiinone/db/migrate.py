@@ -38,3 +38,9 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     thread.join()
     if error:
         raise error[0]
+
+
+if __name__ == "__main__":  # ``python -m apiinone.db.migrate URL``: how ``serve`` migrates in a child process
+    import sys
+
+    upgrade(sys.argv[1])

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, insert, or_, select, text, update
+from sqlalchemy import BigInteger, Integer, Update, and_, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from apiinone.db import tables as t
@@ -78,29 +78,14 @@ class QueueRepository:
     async def _lease_batch(self, *, node: str, token: str, limit: int, now: int, lease_ms: int,
                            max_attempts: int, models: Sequence[str] | None,
                            exclude: Sequence[str] = ()) -> list[Task]:
-        runnable = or_(
-            and_(_T.status == TaskStatus.QUEUED.value, _T.run_after <= now),
-            and_(_T.status == TaskStatus.RUNNING.value, _T.lease_expires_at < now, _T.attempts < max_attempts),
-        )
-        pick = select(_T.id).where(runnable)
+        stmt = _lease_statement(self.is_postgres, models is not None, bool(exclude))
+        params: dict[str, Any] = {"l_now": now, "l_max_attempts": max_attempts, "l_limit": limit, "l_node": node,
+                                  "l_token": token, "l_until": now + lease_ms}
         if models is not None:
-            pick = pick.where(_T.model.in_(list(models)))
+            params["l_models"] = list(models)
         if exclude:
-            pick = pick.where(_T.model.not_in(list(exclude)))
-        pick = pick.order_by(_T.created_at, _T.id).limit(limit)
-        if self.is_postgres:
-            pick = pick.with_for_update(skip_locked=True)
-        stmt = (
-            update(t.tasks)
-            .where(_T.id.in_(pick.scalar_subquery()))
-            .values(
-                status=TaskStatus.RUNNING.value, node=node, lease_token=token,
-                lease_expires_at=now + lease_ms, attempts=_T.attempts + 1,
-                started_at=func.coalesce(_T.started_at, now),
-            )
-            .returning(*t.tasks.c)
-        )
-        rows = (await self.conn.execute(stmt)).mappings().all()
+            params["l_exclude"] = list(exclude)
+        rows = (await self.conn.execute(stmt, params)).mappings().all()
         return sorted((task_from_row(r) for r in rows), key=lambda task: (task.created_at, task.id))
 
     async def extend(self, tokens: Sequence[str], until: int, task_ids: Sequence[str] | None = None) -> int:
@@ -163,3 +148,33 @@ class QueueRepository:
                            "model_limits": orjson.loads(r["model_limits"]) if r["model_limits"] else {}}
                 for r in rows]
 
+
+
+@functools.cache
+def _lease_statement(is_postgres: bool, by_model: bool, excluding: bool) -> Update:
+    """The lease UPDATE, built once per shape (values are bound per call): rebuilding the
+    expression and its cache key for every lease was most of a lease's CPU."""
+    now = bindparam("l_now", type_=BigInteger)
+    runnable = or_(
+        and_(_T.status == TaskStatus.QUEUED.value, _T.run_after <= now),
+        and_(_T.status == TaskStatus.RUNNING.value, _T.lease_expires_at < now,
+             _T.attempts < bindparam("l_max_attempts", type_=Integer)),
+    )
+    pick = select(_T.id).where(runnable)
+    if by_model:
+        pick = pick.where(_T.model.in_(bindparam("l_models", expanding=True)))
+    if excluding:
+        pick = pick.where(_T.model.not_in(bindparam("l_exclude", expanding=True)))
+    pick = pick.order_by(_T.created_at, _T.id).limit(bindparam("l_limit", type_=Integer))
+    if is_postgres:
+        pick = pick.with_for_update(skip_locked=True)
+    return (
+        update(t.tasks)
+        .where(_T.id.in_(pick.scalar_subquery()))
+        .values(
+            status=TaskStatus.RUNNING.value, node=bindparam("l_node"), lease_token=bindparam("l_token"),
+            lease_expires_at=bindparam("l_until", type_=BigInteger), attempts=_T.attempts + 1,
+            started_at=func.coalesce(_T.started_at, now),
+        )
+        .returning(*t.tasks.c)
+    )

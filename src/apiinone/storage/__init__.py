@@ -38,7 +38,7 @@ def new_image_key(content_type: str) -> str:
     return f"{token[:2]}/{token}.{ext}"
 
 
-def storage_from_url(url: str, *, s3: S3Options | None = None, fsync: bool = False) -> Storage:
+def storage_from_url(url: str, *, s3: S3Options | None = None, fsync: bool = True) -> Storage:
     """Builds the backend ``APIINONE_STORAGE_URL`` names.
 
     ``file:///abs/path`` (also ``file://./relative`` and a bare path), ``memory://``, and

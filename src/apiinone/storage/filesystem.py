@@ -4,11 +4,11 @@ Files are written to a temporary name in the target directory and renamed into p
 reader (the ``/files/{key}`` route, another worker) never sees a half-written image. All disk work
 runs in a thread so a slow disk never stalls the event loop.
 
-``fsync`` (``APIINONE_STORAGE_FSYNC``, off by default) also flushes each file to the disk before
-the rename. Off, a crash of the *process* loses nothing (the kernel holds the written pages), but a
-power loss or kernel crash within the kernel's writeback window (~30 s) can leave a task marked
-``succeeded`` whose image file is missing or empty. On, every image costs one disk flush (~7 ms on
-the benchmark machine's virtual disk), which made storage the largest share of an image's latency.
+``fsync`` (``APIINONE_STORAGE_FSYNC``, on by default) also flushes each file to the disk before the
+rename, so a charged image survives a power loss. Off, a crash of the *process* still loses nothing
+(the kernel holds the written pages), but a power loss or kernel crash within the writeback window
+(~30 s) can leave a ``succeeded`` task whose image file is missing or empty. On, every image costs
+one disk flush (~7 ms on the benchmark machine's virtual disk), taken in a thread.
 """
 
 from __future__ import annotations
@@ -71,9 +71,10 @@ def content_type_for_key(key: str) -> str | None:
 class FileSystemStorage:
     """Stores objects as files under ``root``; the app serves them at ``/files/{key}``."""
 
-    def __init__(self, root: Path, *, fsync: bool = False) -> None:
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = Path(root).expanduser().resolve()
         self.fsync = fsync
+        self._made_dirs: set[Path] = set()
 
     def path_for(self, key: str) -> Path:
         """The file a key maps to (validated; never outside ``root``)."""
@@ -95,7 +96,16 @@ class FileSystemStorage:
         await asyncio.to_thread(self._put_sync, path, data, None if implied else ctype)
 
     def _put_sync(self, path: Path, data: bytes, sidecar_type: str | None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.parent not in self._made_dirs:  # one mkdir per shard directory, not one per image
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(path.parent)
+        try:
+            self._write_files(path, data, sidecar_type)
+        except FileNotFoundError:  # the directory was removed behind our back: make it again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_files(path, data, sidecar_type)
+
+    def _write_files(self, path: Path, data: bytes, sidecar_type: str | None) -> None:
         if sidecar_type is not None:
             _atomic_write(self._sidecar(path), sidecar_type.encode(), fsync=self.fsync)
         _atomic_write(path, data, fsync=self.fsync)

@@ -16,12 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import structlog
 from fastapi import FastAPI
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -42,6 +41,9 @@ from apiinone.services.sessions import (
 )
 from apiinone.web.deps import base_url_of, container_of
 from apiinone.web.i18n import LANG_COOKIE, SUPPORTED_LANGS, Translator, choose_lang
+
+if TYPE_CHECKING:
+    import jinja2
 
 log = structlog.get_logger(__name__)
 
@@ -173,7 +175,10 @@ def usd(credits: int) -> str:
 
 
 @functools.cache
-def environment() -> Environment:
+def environment() -> jinja2.Environment:
+    """Built on the first page rendered: an API-only server never loads Jinja."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
     env = Environment(loader=PackageLoader("apiinone", "web/templates"), autoescape=select_autoescape(["html"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["when"] = when
