@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     s3_public_url: str | None = None  # a public bucket or CDN base: image URLs point there directly
     storage_retention_days: int | None = None
     # Flush each stored image to disk before renaming it into place. Off: a power loss can lose
-    # images of recently finished tasks; on: one disk flush per image (docs/performance.md).
+    # images of recently finished tasks; on: one disk flush per image (README, Performance).
     storage_fsync: bool = True
 
     key_cache_ttl_s: float = 2.0
