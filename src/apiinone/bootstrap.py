@@ -17,7 +17,7 @@ from apiinone.providers.registry import ProviderRegistry
 from apiinone.ratelimit import RateLimiter
 from apiinone.services.accounts import KEYS_CHANNEL, AccountService, ApiKeyAuthenticator
 from apiinone.services.events import TASK_EVENTS_CHANNEL, TaskEvents
-from apiinone.services.tasks import TaskService
+from apiinone.services.tasks import TASKS_CHANNEL, WEBHOOKS_CHANNEL, TaskService
 from apiinone.storage import storage_from_url
 from apiinone.storage.base import Storage
 from apiinone.storage.s3 import S3Options
@@ -82,8 +82,8 @@ class Container:
 
     async def start_listeners(self) -> None:
         if self.db.dialect == "postgresql":
-            listener = PostgresListener(self.db.url, {"apiinone_tasks": self.task_wakeup,
-                                                      "apiinone_webhooks": self.webhook_wakeup,
+            listener = PostgresListener(self.db.url, {TASKS_CHANNEL: self.task_wakeup,
+                                                      WEBHOOKS_CHANNEL: self.webhook_wakeup,
                                                       TASK_EVENTS_CHANNEL: self.task_events.on_notify,
                                                       KEYS_CHANNEL: self._invalidate_cached_keys})
             await listener.start()

@@ -388,8 +388,9 @@ async def test_extend_keeps_a_lease_alive_and_requeue_gives_it_back(db: Database
         await uow.commit()
     back = await get_task(db, a.id)
     assert (back.status, back.lease_token, back.node, back.attempts) == (TaskStatus.QUEUED, None, None, 0)
+    assert back.started_at is None, "a task handed back has not started"
     [again] = await lease(db, token="tok-4", now=T0 + 6_000)
-    assert again.id == a.id and again.attempts == 1
+    assert again.id == a.id and again.attempts == 1 and again.started_at == T0 + 6_000
 
 
 async def test_concurrent_leases_never_hand_out_a_task_twice(database_url: str) -> None:

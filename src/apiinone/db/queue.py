@@ -109,7 +109,7 @@ class QueueRepository:
             update(t.tasks)
             .where(_T.id == task_id, _T.lease_token == token, _T.status == TaskStatus.RUNNING.value)
             .values(status=TaskStatus.QUEUED.value, lease_token=None, lease_expires_at=None,
-                    attempts=_T.attempts - 1, node=None)
+                    attempts=_T.attempts - 1, node=None, started_at=None)
         )
         return result.rowcount == 1
 

@@ -35,6 +35,7 @@ from apiinone.ids import new_id, now_ms
 
 TASKS_CHANNEL = "apiinone_tasks"
 TASK_EVENTS_CHANNEL = "apiinone_task_events"
+WEBHOOKS_CHANNEL = "apiinone_webhooks"
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 
 
@@ -250,5 +251,5 @@ class TaskService:
             await uow.webhooks.enqueue(
                 delivery_id=new_id("msg", now), task_id=task.id, account_id=task.account_id,
                 url=finished.callback_url, payload=orjson.dumps(finished.to_public(self.base_url())), at=now)
-            await uow.notify("apiinone_webhooks")
+            await uow.notify(WEBHOOKS_CHANNEL)
         return finished

@@ -33,6 +33,7 @@ from apiinone.domain.webhooks import (
     outcome_of,
 )
 from apiinone.ids import now_ms
+from apiinone.services.tasks import WEBHOOKS_CHANNEL
 from apiinone.webhooks.egress import EgressPolicy, UrlNotAllowed, guarded_transport
 from apiinone.webhooks.signing import webhook_headers
 from apiinone.worker.wakeup import Wakeup
@@ -44,7 +45,6 @@ __all__ = ["WEBHOOKS_CHANNEL", "DeliveryClients", "DeliveryOptions", "DeliveryWo
 
 log = structlog.get_logger(__name__)
 
-WEBHOOKS_CHANNEL = "apiinone_webhooks"
 #: The receiver's answer is read this far (so the connection can be reused) and then dropped.
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_ERROR_CHARS = 500
