@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from apiinone.db.database import Database
 from apiinone.domain.tasks import Task, iso
-from apiinone.errors import TaskNotFound
-from apiinone.services.tasks import TASK_EVENTS_CHANNEL
+from apiinone.services.tasks import TASK_EVENTS_CHANNEL, read_account_task
 
 if TYPE_CHECKING:
     from apiinone.providers.base import GeneratedImage
@@ -177,11 +176,7 @@ class TaskEvents:
     # -------------------------------------------------------------------------------- use cases
 
     async def read(self, account_id: str, task_id: str) -> Task:
-        async with self.db.uow(write=False) as uow:
-            task = await uow.tasks.get(task_id, account_id)
-        if task is None:
-            raise TaskNotFound(f"no task {task_id!r} in this account")
-        return task
+        return await read_account_task(self.db, account_id, task_id)
 
     async def wait_for_end(self, account_id: str, task_id: str, timeout_s: float, *,
                            stop: asyncio.Event | None = None) -> Task:

@@ -73,6 +73,15 @@ class CreateResult:
     replay_body: bytes | None = None
 
 
+async def read_account_task(db: Database, account_id: str, task_id: str) -> Task:
+    """One account's task; another account's task is as unknown as a missing one (404, never 403)."""
+    async with db.uow(write=False) as uow:
+        task = await uow.tasks.get(task_id, account_id)
+    if task is None:
+        raise TaskNotFound(f"no task {task_id!r} in this account")
+    return task
+
+
 class TaskService:
     def __init__(self, db: Database, catalog_source: Callable[[], Catalog], *,
                  is_available: Callable[[ModelSpec], bool], base_url: Callable[[], str],
@@ -172,11 +181,7 @@ class TaskService:
                             replay_body=str(row["response_body"]).encode())
 
     async def get_task(self, account_id: str, task_id: str) -> Task:
-        async with self.db.uow(write=False) as uow:
-            task = await uow.tasks.get(task_id, account_id)
-        if task is None:
-            raise TaskNotFound(f"no task {task_id!r} in this account")
-        return task
+        return await read_account_task(self.db, account_id, task_id)
 
     async def list_tasks(self, account_id: str | None, *, limit: int = 20, cursor: str | None = None,
                          status: str | None = None, model: str | None = None) -> tuple[list[Task], str | None]:
