@@ -124,13 +124,16 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _is_database_outage(exc: Exception) -> bool:
     """Connection-level failures, also those a pool connect raises unwrapped while PostgreSQL starts
     or stops (SQLSTATE class 08 connection exception, 57P0x shutdown / cannot connect now)."""
+    import socket
+
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
     cause: BaseException | None = exc
     for _ in range(5):  # the error itself and a few of its causes
         if cause is None:
             return False
-        if isinstance(cause, (OperationalError, InterfaceError, ConnectionError, OSError)):
+        # not every OSError: a disk error reading an image is no database outage
+        if isinstance(cause, (OperationalError, InterfaceError, ConnectionError, socket.gaierror)):
             return True
         if isinstance(cause, DBAPIError) and cause.connection_invalidated:
             return True
