@@ -37,6 +37,7 @@ TASKS_CHANNEL = "apiinone_tasks"
 TASK_EVENTS_CHANNEL = "apiinone_task_events"
 WEBHOOKS_CHANNEL = "apiinone_webhooks"
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
+MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,10 @@ class IdempotencyClaim:
     key: str
     route: str
     request_hash: str
+
+    @staticmethod
+    def is_valid_key(key: str) -> bool:
+        return 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS
 
     @staticmethod
     def for_body(key: str, route: str, body: bytes) -> IdempotencyClaim:

@@ -78,7 +78,7 @@ async def create_image_task(request: Request) -> Response:
     idem_key = request.headers.get("idempotency-key")
     claim = None
     if idem_key is not None:
-        if not 1 <= len(idem_key) <= 255:
+        if not IdempotencyClaim.is_valid_key(idem_key):
             raise InvalidParameter("Idempotency-Key must be 1 to 255 characters", param="Idempotency-Key")
         claim = IdempotencyClaim.for_body(idem_key, "images.generations", raw)
     base = base_url_of(request)

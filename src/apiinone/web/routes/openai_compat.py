@@ -250,7 +250,7 @@ def _idempotency_claim(request: Request, route: str, fingerprint: bytes) -> Idem
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
-    if not 1 <= len(key) <= 255:
+    if not IdempotencyClaim.is_valid_key(key):
         raise OpenAIInvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
     return IdempotencyClaim.for_body(key, route, fingerprint)
 
