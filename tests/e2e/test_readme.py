@@ -100,7 +100,7 @@ def test_readme_quickstart_and_examples_run_as_pasted(fresh_clone: Path) -> None
     (fresh_clone / "readme.sh").write_text(script)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APIINONE_", "OPENAI_"))}
-    env |= {"PORT": str(port), "HOST": "127.0.0.1", "APIINONE_LOG_LEVEL": "WARNING"}
+    env |= {"PORT": str(port), "HOST": "127.0.0.1"}
     log_path = fresh_clone / "readme.log"
     with log_path.open("wb") as log:
         shell = subprocess.Popen(["bash", "readme.sh"], cwd=fresh_clone, env=env, stdin=subprocess.DEVNULL,
