@@ -111,7 +111,7 @@ def serve(
             typer.echo("note: several API processes share one SQLite writer; PostgreSQL scales writes better",
                        err=True)
         os.environ["APIINONE_EMBEDDED_WORKER"] = "0" if no_worker else "1"
-        _announce_for_workers(settings, host, port)
+        _announce_for_workers(settings, host, port, embedded_worker=not no_worker)
         uvicorn.run("apiinone.web.factory:app_from_env", factory=True, host=host, port=port, workers=workers,
                     loop="uvloop", http=CoalescingHttpToolsProtocol, access_log=access_log, log_level="warning",
                     timeout_graceful_shutdown=25)
@@ -129,12 +129,12 @@ def serve(
         raise typer.Exit(1)
 
 
-def _announce_for_workers(settings: Settings, host: str, port: int) -> None:
+def _announce_for_workers(settings: Settings, host: str, port: int, *, embedded_worker: bool) -> None:
     """Several API processes: the supervisor prints the ready line once the first one answers."""
     from apiinone.web.ready import announce_when_ready, ready_line
 
     async def body(container: Container) -> str:
-        return ready_line(container, f"{host}:{port}")
+        return ready_line(container, f"{host}:{port}", embedded_worker)
 
     line = _run_with_container(settings, body)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host

@@ -121,6 +121,7 @@ def test_readme_quickstart_and_examples_run_as_pasted(fresh_clone: Path) -> None
     ready = [line for line in output.splitlines() if line.startswith("apiinone ready: ")]
     assert len(ready) == 1, output
     for part in (f"http://{address}", "database sqlite", f"storage file://{fresh_clone}", "models local-typeset",
+                 "worker embedded",
                  f"console http://{address}/console"):
         assert part in ready[0], ready[0]
     assert "HTTP/1.1 202 Accepted" in output and "event: succeeded" in output, output

@@ -38,7 +38,7 @@ async def test_wait_returns_once_the_server_is_ready_and_the_ready_line_says_whe
         assert done.stderr.strip() == f"ready: {server.base_url}"
         line = ready_line(server.container, f"127.0.0.1:{server.port}")
     assert line.startswith(f"apiinone ready: {server.base_url} | database sqlite+aiosqlite:///")
-    assert "| models local-typeset (no upstream configured: gpt-image-1.5-official) |" in line
+    assert "| models local-typeset (no upstream configured: gpt-image-1.5-official) | worker embedded |" in line
     assert line.endswith(f"| console {server.base_url}/console | API reference {server.base_url}/docs")
     assert "listening on" not in line  # bound where it is reached
 
@@ -50,8 +50,9 @@ def test_ready_line_hides_a_database_password(tmp_path: Path) -> None:
     container = build_container(make_settings(tmp_path, "postgresql+asyncpg://app:s3cret@db.internal:5432/apiinone",
                                               public_url="https://ai.example.com"))
     try:
-        line = ready_line(container, "0.0.0.0:8000")
+        line = ready_line(container, "0.0.0.0:8000", embedded_worker=False)
     finally:
         asyncio.run(container.aclose())
     assert "s3cret" not in line and "postgresql+asyncpg://app:***@db.internal:5432/apiinone" in line
     assert line.startswith("apiinone ready: https://ai.example.com (listening on 0.0.0.0:8000) |")
+    assert "| worker none in this process (tasks wait for `apiinone worker`) |" in line

@@ -29,8 +29,10 @@ def _safe_database_url(url: str) -> str:
         return url.split("@")[-1]
 
 
-def ready_line(container: Container, bound: str | None = None) -> str:
-    """``apiinone ready: URL | database … | storage … | models … | console … | API reference …``."""
+def ready_line(container: Container, bound: str | None = None, embedded_worker: bool | None = None) -> str:
+    """``apiinone ready: URL | database … | storage … | models … | worker … | console … | API reference …``.
+
+    ``embedded_worker`` defaults to whether the app started one (known once it has started)."""
     settings = container.settings
     base = container.base_url()
     available: list[str] = []
@@ -40,9 +42,12 @@ def ready_line(container: Container, bound: str | None = None) -> str:
     models = ", ".join(available) or "none"
     if unconfigured:
         models += f" (no upstream configured: {', '.join(unconfigured)})"
+    if embedded_worker is None:
+        embedded_worker = container.worker is not None
+    worker = "embedded" if embedded_worker else "none in this process (tasks wait for `apiinone worker`)"
     where = f"{base} (listening on {bound})" if bound and bound not in base else base
     return (f"apiinone ready: {where} | database {_safe_database_url(settings.resolved_database_url)}"
-            f" | storage {settings.resolved_storage_url} | models {models}"
+            f" | storage {settings.resolved_storage_url} | models {models} | worker {worker}"
             f" | console {base}/console | API reference {base}/docs")
 
 
