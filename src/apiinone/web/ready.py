@@ -38,7 +38,7 @@ def ready_line(container: Container, bound: str | None = None, embedded_worker: 
     available: list[str] = []
     unconfigured: list[str] = []
     for spec in container.catalog.launched():
-        (available if container.providers.is_available(spec) else unconfigured).append(spec.id)
+        (available if container.pool.is_available(spec) else unconfigured).append(spec.id)
     models = ", ".join(available) or "none"
     if unconfigured:
         models += f" (no upstream configured: {', '.join(unconfigured)})"
