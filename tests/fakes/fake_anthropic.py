@@ -1,6 +1,7 @@
 """A protocol-faithful fake of Anthropic's Messages API (``POST /v1/messages``) on loopback.
 
-It checks requests the way the API does (``x-api-key``, the ``anthropic-version`` header,
+It checks requests the way the API does (the key in ``x-api-key`` or ``Authorization: Bearer``, the
+``anthropic-version`` header,
 required ``model`` / ``max_tokens`` / ``messages``, roles, content block shapes, image sources,
 tool_use ↔ tool_result pairing, ranges of temperature and top_p, unknown fields) and answers with
 Anthropic's shapes: the ``message`` object, the SSE events ``message_start``,
@@ -42,7 +43,8 @@ from tests.fakes.loopback import (
 )
 
 DEFAULT_API_KEY = "sk-ant-api03-fake-anthropic-key"
-API_VERSIONS = ("2023-06-01", "2023-01-01")
+API_VERSION = re.compile(r"^20\d\d-\d\d-\d\d$")
+"""Dated versions (``2023-06-01``, and the newer ones SDKs send); anything else is refused."""
 MODEL_PATTERN = re.compile(r"^claude-[a-z0-9.\-]+$")
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
@@ -325,6 +327,9 @@ def build_app(state: FakeState) -> Starlette:
 
 async def _answer(request: Request, body: Any, state: FakeState) -> Response:
     key = request.headers.get("x-api-key")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if not key and scheme.lower() == "bearer":  # newer SDKs send the API key as a bearer token
+        key = token.strip()
     if not key:
         return json_response(anthropic_error("authentication_error", "x-api-key header is required"), 401)
     if state.api_key is not None and key != state.api_key:
@@ -332,7 +337,7 @@ async def _answer(request: Request, body: Any, state: FakeState) -> Response:
     version = request.headers.get("anthropic-version")
     if not version:
         return json_response(anthropic_error("invalid_request_error", "anthropic-version: header is required"), 400)
-    if version not in API_VERSIONS:
+    if not API_VERSION.match(version):
         return json_response(anthropic_error("invalid_request_error",
                                              f"anthropic-version: invalid version {version}"), 400)
     raw = await request.body()
