@@ -17,6 +17,7 @@ from apiinone.providers.registry import ProviderRegistry
 from apiinone.ratelimit import RateLimiter
 from apiinone.services.accounts import KEYS_CHANNEL, AccountService, ApiKeyAuthenticator
 from apiinone.services.events import TASK_EVENTS_CHANNEL, TaskEvents
+from apiinone.services.metering import Metering
 from apiinone.services.tasks import TASKS_CHANNEL, WEBHOOKS_CHANNEL, TaskService
 from apiinone.storage import storage_from_url
 from apiinone.storage.base import Storage
@@ -37,6 +38,7 @@ class Container:
     fetch_client: httpx.AsyncClient
     accounts: AccountService
     keys: ApiKeyAuthenticator
+    metering: Metering
     tasks: TaskService
     task_wakeup: Wakeup
     webhook_wakeup: Wakeup
@@ -115,6 +117,7 @@ def build_container(settings: Settings) -> Container:
         egress=egress, fetch_client=fetch_client,
         accounts=AccountService(db, starter_credits=settings.starter_credits),
         keys=ApiKeyAuthenticator(db, ttl_s=settings.key_cache_ttl_s),
+        metering=Metering(db),
         tasks=None,  # type: ignore[arg-type]  # set just below: it needs the container's callbacks
         task_wakeup=task_wakeup, webhook_wakeup=webhook_wakeup, rate_limits=RateLimiter.from_settings(settings),
         # PostgreSQL NOTIFY reaches waiters from any process, so polling there is only a safety net
@@ -128,6 +131,6 @@ def build_container(settings: Settings) -> Container:
 
     container.tasks = TaskService(
         db, container.catalog_source, is_available=providers.is_available, base_url=container.base_url,
-        on_task_created=task_wakeup.set, on_task_finished=on_task_finished,
+        on_task_created=task_wakeup.set, on_task_finished=on_task_finished, metering=container.metering,
     )
     return container

@@ -1,4 +1,4 @@
-"""The public API, ``/api/v1``: image tasks, tasks, models and the account."""
+"""The public API, ``/api/v1``: image tasks, tasks, models, the account, its ledger, request log and usage."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
-from apiinone.domain.tasks import Task
+from apiinone.domain.credits import format_credits
+from apiinone.domain.tasks import Task, iso
 from apiinone.errors import InvalidParameter, ModelNotFound, UrlNotAllowedError
 from apiinone.ids import now_ms
 from apiinone.services.tasks import IdempotencyClaim, ImageTaskRequest
+from apiinone.services.usage import UsageService
 from apiinone.web.deps import authenticate, base_url_of, container_of
 from apiinone.web.responses import JsonResponse, json_response
 from apiinone.web.routes.events import prefer_wait
@@ -177,15 +179,32 @@ async def get_ledger(request: Request) -> Response:
         entries = await uow.ledger.list(account.id, limit=limit + 1, before_id=int(cursor) if cursor else None,
                                         kind=request.query_params.get("kind") or None)
     page = entries[:limit]
-    data = [{"id": e.id, "kind": e.kind.value, "amount": e.amount, "task_id": e.task_id, "note": e.note,
-             "created_at": _iso(e.created_at)} for e in page]
+    data = [{"id": e.id, "kind": e.kind.value, "amount": format_credits(e.amount), "task_id": e.task_id,
+             "request_id": e.request_id, "note": e.note, "created_at": iso(e.created_at)} for e in page]
     return json_response({"data": data, "next_cursor": str(page[-1].id) if len(entries) > limit else None})
 
 
-def _iso(ms: int) -> str | None:
-    from apiinone.domain.tasks import iso
+def _usage(request: Request) -> UsageService:
+    container = container_of(request)
+    return UsageService(container.db, container.catalog_source)
 
-    return iso(ms)
+
+@router.get("/account/requests", summary="The request log, newest first")
+async def list_requests(request: Request) -> Response:
+    _key, account = await authenticate(request)
+    q = request.query_params
+    entries, next_cursor = await _usage(request).requests(
+        account.id, limit=_limit(request), cursor=q.get("cursor"), model=q.get("model"), type=q.get("type"))
+    return json_response({"data": [e.to_public() for e in entries], "next_cursor": next_cursor})
+
+
+@router.get("/account/usage", summary="Requests, credits and tokens per UTC day, model or key")
+async def get_usage(request: Request) -> Response:
+    _key, account = await authenticate(request)
+    q = request.query_params
+    group_by, rows = await _usage(request).usage(account.id, start=q.get("from"), end=q.get("to"),
+                                                 group_by=q.get("group_by"))
+    return json_response({"data": [r.to_public(group_by) for r in rows], "next_cursor": None})
 
 
 @router.get("/account/webhook-secret", summary="The account's webhook signing secret")
