@@ -77,7 +77,7 @@ def parse_credit_amount(text: str, *, param: str, max_credits: int, allow_zero: 
 
     ASCII digits with at most 6 decimals (no sign, exponent, spaces inside, Unicode digits or
     thousands separators), above zero unless ``allow_zero``, at most ``max_credits``."""
-    value = text.strip() if isinstance(text, str) else ""
+    value = text.strip(" \t\r\n") if isinstance(text, str) else ""
     if not _AMOUNT.fullmatch(value) or not value.isascii():
         raise InvalidParameter(f"{param} must be a number of credits with at most 6 decimals, e.g. 10 or 0.5",
                                param=param)
@@ -96,8 +96,8 @@ def _ceil_div(numerator: int, denominator: int) -> int:
 def cost_per_mtok(tokens: int, price_ucr_per_mtok: int) -> int:
     """µcr for ``tokens`` at a price in µcr per million tokens, rounded up to a whole µcr.
 
-    A price in credits per million tokens is numerically the µcr price per token, so this is exact
-    whenever the catalog price is; rounding up only meets sub-µcr prices."""
+    N credits per million tokens is N µcr per token, so a whole-credit price is charged exactly
+    (API.md: P × input_per_mtok + C × output_per_mtok µcr); only a fractional one can round up."""
     if tokens < 0 or price_ucr_per_mtok < 0:
         raise ValueError("tokens and prices are never negative")
     return _ceil_div(tokens * price_ucr_per_mtok, 1_000_000)

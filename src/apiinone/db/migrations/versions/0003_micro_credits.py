@@ -45,13 +45,6 @@ ACCOUNT_CHECKS = {
 }
 
 
-def _defer_sqlite_foreign_keys() -> None:
-    """Batch mode rebuilds ``accounts`` on SQLite (copy, drop, rename), which the other tables'
-    foreign keys would refuse mid-way; deferred, they are checked at commit, when it is whole again."""
-    if op.get_bind().dialect.name == "sqlite":
-        op.execute("PRAGMA defer_foreign_keys = ON")
-
-
 def _scale(multiply: bool) -> None:
     for table, columns in MONEY_COLUMNS.items():
         if multiply:
@@ -62,7 +55,6 @@ def _scale(multiply: bool) -> None:
 
 
 def upgrade() -> None:
-    _defer_sqlite_foreign_keys()
     _scale(multiply=True)
     with op.batch_alter_table("accounts") as batch:
         for name, condition in ACCOUNT_CHECKS.items():
@@ -96,7 +88,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    _defer_sqlite_foreign_keys()
     op.drop_index("ix_request_log_account_model", table_name="request_log")
     op.drop_index("ix_request_log_account_created", table_name="request_log")
     op.drop_index("ix_request_log_account_id", table_name="request_log")
