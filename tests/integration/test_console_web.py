@@ -309,3 +309,52 @@ async def test_task_page_shows_webhook_deliveries_and_redelivers(tmp_path: Path,
             r = await form(stranger, "/console", f"/console/tasks/{task_id}/redeliver")
             assert r.status_code == 404
             assert (await stranger.get(f"/console/tasks/{task_id}")).status_code == 404
+
+
+BAD_AMOUNTS = ("abc", "-1", "+1", "1e3", "0", "0.0000001", "1.1234567", "１２", "١٢", "1,5", " ", "9" * 30)
+
+
+async def test_credit_fields_take_exact_decimals_and_refuse_the_rest(harness: AppHarness,
+                                                                     admin: httpx.AsyncClient) -> None:
+    """Every credit amount typed into a console or admin form is parsed strictly to µcr: 400, never 500."""
+    account = await harness.container.accounts.get_by_email("admin@example.com")
+    users = "/admin/users"
+    r = await form(admin, users, f"/admin/users/{account.id}/credits", amount="0.5", action="grant")
+    assert r.status_code == 303
+    r = await form(admin, users, f"/admin/users/{account.id}/credits", amount="0.000001", action="deduct")
+    assert r.status_code == 303
+    for bad in BAD_AMOUNTS:
+        r = await form(admin, users, f"/admin/users/{account.id}/credits", amount=bad, action="grant")
+        assert r.status_code == 400, bad
+    async with harness.container.db.uow(write=False) as uow:
+        entries = await uow.ledger.list(account.id, limit=10)
+    assert [(e.kind.value, e.amount) for e in entries] == [("adjustment", -1), ("grant", 500_000)]
+    page = (await admin.get("/console/billing")).text
+    assert 'data-testid="credits-available">0.499999<' in page and "+0.5<" in page and "-0.000001<" in page
+
+    r = await form(admin, "/console/keys", "/console/keys", name="half", credit_budget="2.5")
+    assert r.status_code == 201
+    [key] = await harness.container.accounts.list_api_keys(account.id)
+    assert key.credit_budget == 2_500_000 and "0/2.5<" in (await admin.get("/console/keys")).text
+    for bad in [b for b in BAD_AMOUNTS if b.strip()]:  # an empty budget is no budget
+        r = await form(admin, "/console/keys", "/console/keys", name="x", credit_budget=bad)
+        assert r.status_code == 400, bad
+    assert len(await harness.container.accounts.list_api_keys(account.id)) == 1
+
+    r = await form(admin, "/admin/codes", "/admin/codes", count="2", credits="0.25", batch="quarter")
+    assert r.status_code == 201 and "0.25" in r.text
+    [batch] = await harness.app.state.console.billing.code_batches()
+    assert (batch.batch, batch.credits, batch.total) == ("quarter", 250_000, 2)
+    for count, credits in [("2", bad) for bad in BAD_AMOUNTS] + [("١", "5"), ("0", "5"), ("1001", "5"), ("x", "5")]:
+        r = await form(admin, "/admin/codes", "/admin/codes", count=count, credits=credits)
+        assert r.status_code == 400, (count, credits)
+
+    for medium in ("1.5", "abc", "-1", "١", "1000001"):
+        r = await form(admin, "/admin/models", "/admin/models/local-typeset", enabled="on", price_medium=medium,
+                       price_high="2")
+        assert r.status_code == 400, medium
+    r = await form(admin, "/admin/models", "/admin/models/local-typeset", enabled="on", price_medium="0",
+                   price_high="3.000000")
+    assert r.status_code == 303
+    models = {m["id"]: m for m in (await admin.get("/api/v1/models")).json()["data"]}
+    assert models["local-typeset"]["pricing"] == {"medium": 0, "high": 3}
