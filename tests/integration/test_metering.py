@@ -324,3 +324,10 @@ async def test_usage_by_day_uses_utc_days_and_the_range(queued_harness: AppHarne
                                  "credits": 0.25, "input_tokens": 0, "output_tokens": 0}]
     r = await caller.get("/api/v1/account/usage", params={"from": "2026-11-25", "to": "2026-11-30"})
     assert r.json()["data"] == []
+
+
+async def test_request_log_and_usage_are_in_the_openapi_spec(sqlite_harness: AppHarness) -> None:
+    paths = (await sqlite_harness.client.get("/openapi.json")).json()["paths"]
+    assert {p["name"] for p in paths["/api/v1/account/requests"]["get"]["parameters"]} == {
+        "limit", "cursor", "model", "type"}
+    assert {p["name"] for p in paths["/api/v1/account/usage"]["get"]["parameters"]} == {"from", "to", "group_by"}

@@ -189,7 +189,25 @@ def _usage(request: Request) -> UsageService:
     return UsageService(container.db, container.catalog_source)
 
 
-@router.get("/account/requests", summary="The request log, newest first")
+def _query_doc(*params: tuple[str, dict[str, Any], str]) -> dict[str, Any]:
+    return {"parameters": [{"name": name, "in": "query", "required": False, "schema": schema, "description": text}
+                           for name, schema, text in params]}
+
+
+_REQUESTS_DOC = _query_doc(
+    ("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "entries per page"),
+    ("cursor", {"type": "string"}, "next_cursor of the previous page"),
+    ("model", {"type": "string"}, "only this model (id or alias)"),
+    ("type", {"type": "string", "enum": ["image", "video", "audio", "speech", "chat"]}, "only this type"),
+)
+_USAGE_DOC = _query_doc(
+    ("from", {"type": "string", "format": "date"}, "first UTC day (default: 29 days before to)"),
+    ("to", {"type": "string", "format": "date"}, "last UTC day, included (default: today)"),
+    ("group_by", {"type": "string", "enum": ["day", "model", "key"], "default": "day"}, "one row per group"),
+)
+
+
+@router.get("/account/requests", summary="The request log, newest first", openapi_extra=_REQUESTS_DOC)
 async def list_requests(request: Request) -> Response:
     _key, account = await authenticate(request)
     q = request.query_params
@@ -198,7 +216,8 @@ async def list_requests(request: Request) -> Response:
     return json_response({"data": [e.to_public() for e in entries], "next_cursor": next_cursor})
 
 
-@router.get("/account/usage", summary="Requests, credits and tokens per UTC day, model or key")
+@router.get("/account/usage", summary="Requests, credits and tokens per UTC day, model or key",
+            openapi_extra=_USAGE_DOC)
 async def get_usage(request: Request) -> Response:
     _key, account = await authenticate(request)
     q = request.query_params
