@@ -12,8 +12,10 @@ import httpx
 
 from apiinone.config import Settings
 from apiinone.db.database import Database
-from apiinone.domain.catalog import Catalog
-from apiinone.providers.registry import ProviderRegistry
+from apiinone.db.route_health import SqlRouteHealthStore
+from apiinone.domain.catalog import Catalog, ModelSpec
+from apiinone.kinds import KindRegistry
+from apiinone.net.egress import EgressPolicy, guarded_transport
 from apiinone.ratelimit import RateLimiter
 from apiinone.services.accounts import KEYS_CHANNEL, AccountService, ApiKeyAuthenticator
 from apiinone.services.events import TASK_EVENTS_CHANNEL, TaskEvents
@@ -22,7 +24,9 @@ from apiinone.services.tasks import TASKS_CHANNEL, WEBHOOKS_CHANNEL, TaskService
 from apiinone.storage import storage_from_url
 from apiinone.storage.base import Storage
 from apiinone.storage.s3 import S3Options
-from apiinone.webhooks.egress import EgressPolicy, guarded_transport
+from apiinone.upstreams.breaker import ROUTES_CHANNEL, BreakerBoard
+from apiinone.upstreams.pool import RouteDefaults, RoutePool
+from apiinone.upstreams.registry import AdapterRegistry
 from apiinone.worker.runner import TaskWorker, WorkerOptions
 from apiinone.worker.wakeup import PostgresListener, Wakeup
 
@@ -32,7 +36,10 @@ class Container:
     settings: Settings
     db: Database
     catalog: Catalog
-    providers: ProviderRegistry
+    kinds: KindRegistry
+    adapters: AdapterRegistry
+    breakers: BreakerBoard
+    pool: RoutePool
     storage: Storage
     egress: EgressPolicy
     fetch_client: httpx.AsyncClient
@@ -58,6 +65,10 @@ class Container:
             self.base_catalog = self.catalog
         self.catalog = self.base_catalog.with_overrides(overrides)
 
+    def model_public(self, spec: ModelSpec) -> dict[str, Any]:
+        kind = self.kinds.get(spec.type)
+        return spec.to_public(self.pool.is_available(spec), kind.parameters_schema(spec) if kind else None)
+
     def base_url(self) -> str:
         return self.settings.base_url()
 
@@ -73,7 +84,7 @@ class Container:
             lease_s=s.task_lease_s, max_attempts=s.task_max_attempts, poll_s=s.worker_poll_s, models=models,
             model_limits=model_limits or {}, cluster_caps=caps,
         )
-        self.worker = TaskWorker(self.db, self.tasks, self.catalog_source, self.providers, self.storage,
+        self.worker = TaskWorker(self.db, self.tasks, self.catalog_source, self.pool, self.kinds, self.storage,
                                  self.fetch_client, options, files_base_url=self.base_url,
                                  wakeup=self.task_wakeup, on_task_started=self.task_events.publish,
                                  on_task_images=self.task_events.offer_images)
@@ -83,18 +94,22 @@ class Container:
         self.keys.invalidate(key_hash or None)
 
     async def start_listeners(self) -> None:
+        """Cross-process signals (NOTIFY on PostgreSQL) and the breakers' shared state."""
         if self.db.dialect == "postgresql":
             listener = PostgresListener(self.db.url, {TASKS_CHANNEL: self.task_wakeup,
                                                       WEBHOOKS_CHANNEL: self.webhook_wakeup,
                                                       TASK_EVENTS_CHANNEL: self.task_events.on_notify,
-                                                      KEYS_CHANNEL: self._invalidate_cached_keys})
+                                                      KEYS_CHANNEL: self._invalidate_cached_keys,
+                                                      ROUTES_CHANNEL: self.breakers.wake})
             await listener.start()
             self.listeners.append(listener)
+        await self.breakers.start()
 
     async def aclose(self) -> None:
         for listener in self.listeners:
             await listener.stop()
-        await self.providers.aclose()
+        await self.breakers.stop()
+        await self.adapters.aclose()
         await self.rate_limits.aclose()
         await self.fetch_client.aclose()
         await self.db.dispose()
@@ -104,14 +119,22 @@ def build_container(settings: Settings) -> Container:
     db = Database(settings.resolved_database_url, pool_size=settings.db_pool_size,
                   busy_timeout_ms=settings.sqlite_busy_timeout_ms)
     catalog = Catalog.load(settings.models_file)
-    providers = ProviderRegistry(settings)
+    kinds = KindRegistry()
+    kinds.validate_catalog(catalog.models.values())
+    adapters = AdapterRegistry(settings)
+    breakers = BreakerBoard(SqlRouteHealthStore(db), failures=settings.breaker_failures,
+                            cooldown_s=settings.breaker_cooldown_s, sync_s=settings.breaker_sync_s)
+    pool = RoutePool(adapters, breakers, attempts=settings.route_attempts, backoff_s=settings.route_backoff_s,
+                     defaults=RouteDefaults(base_urls={"openai": settings.openai_base_url},
+                                            keys={"openai": settings.openai_api_key},
+                                            timeout_s=settings.openai_timeout_s))
     egress = EgressPolicy.from_setting(settings.egress_allow)
     fetch_client = httpx.AsyncClient(transport=guarded_transport(egress), follow_redirects=False,
                                      timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False)
     task_wakeup = Wakeup()
     webhook_wakeup = Wakeup()
     container = Container(
-        settings=settings, db=db, catalog=catalog, providers=providers,
+        settings=settings, db=db, catalog=catalog, kinds=kinds, adapters=adapters, breakers=breakers, pool=pool,
         storage=storage_from_url(settings.resolved_storage_url, s3=S3Options.from_settings(settings),
                                  fsync=settings.storage_fsync),
         egress=egress, fetch_client=fetch_client,
@@ -130,7 +153,7 @@ def build_container(settings: Settings) -> Container:
             hook(task)
 
     container.tasks = TaskService(
-        db, container.catalog_source, is_available=providers.is_available, base_url=container.base_url,
+        db, container.catalog_source, is_available=pool.is_available, base_url=container.base_url,
         on_task_created=task_wakeup.set, on_task_finished=on_task_finished, metering=container.metering,
     )
     return container

@@ -35,8 +35,14 @@ def test_credits_to_ucr_refuses_what_it_cannot_hold_exactly(value: str | Decimal
         credits_to_ucr(value)
 
 
-@pytest.mark.parametrize("value", [0.5, True, None])
-def test_credits_to_ucr_refuses_floats_and_other_types(value: object) -> None:
+@pytest.mark.parametrize(("value", "ucr"), [(0.5, 500_000), (0.0025, 2_500), (99.997475, 99_997_475), (15.0, 15_000_000),
+                                          (0.000001, 1)])
+def test_catalog_floats_convert_as_written(value: float, ucr: int) -> None:
+    assert credits_to_ucr(value) == ucr
+
+
+@pytest.mark.parametrize("value", [0.1234567, float("nan"), float("inf"), 1e-7, True, None, [1]])
+def test_credits_to_ucr_refuses_inexact_floats_and_other_types(value: object) -> None:
     with pytest.raises(ValueError):
         credits_to_ucr(value)  # type: ignore[arg-type]
 

@@ -22,6 +22,7 @@ from apiinone.db.repositories import (
     TaskRepository,
 )
 from apiinone.db.request_log import RequestLogRepository
+from apiinone.db.route_health import RouteHealthRepository
 from apiinone.db.webhooks import WebhookRepository
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class SqlUnitOfWork:
     idempotency: IdempotencyRepository
     webhooks: WebhookRepository
     requests: RequestLogRepository
+    route_health: RouteHealthRepository
     conn: AsyncConnection
 
     def __init__(self, db: Database, *, write: bool) -> None:
@@ -57,6 +59,7 @@ class SqlUnitOfWork:
         self.idempotency = IdempotencyRepository(self.conn)
         self.webhooks = WebhookRepository(self.conn)
         self.requests = RequestLogRepository(self.conn)
+        self.route_health = RouteHealthRepository(self.conn)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -37,17 +37,21 @@ class LedgerKind(StrEnum):
 BALANCE_KINDS = frozenset({LedgerKind.TOPUP, LedgerKind.GRANT, LedgerKind.ADJUSTMENT, LedgerKind.CAPTURE})
 
 
-def credits_to_ucr(value: int | str | Decimal) -> int:
+def credits_to_ucr(value: int | str | Decimal | float) -> int:
     """Exact conversion of a credit amount (``10``, ``"0.0025"``, ``Decimal("99.997475")``) to µcr.
 
-    More than 6 decimals cannot be represented and is refused (ValueError), as are floats, bools,
-    NaN and infinities: a price must never be rounded on its way in."""
-    if isinstance(value, bool) or not isinstance(value, int | str | Decimal):
-        raise ValueError(f"a credit amount must be an int, str or Decimal, not {type(value).__name__}")
+    More than 6 decimals cannot be represented and is refused (ValueError), as are bools, NaN and
+    infinities: a price is never rounded on its way in. A float (a TOML catalog's ``0.0025``) is read
+    as its shortest decimal text, which is exactly what the file spelled."""
+    if isinstance(value, bool) or not isinstance(value, int | str | Decimal | float):
+        raise ValueError(f"a credit amount must be a number, not {type(value).__name__}")
     if isinstance(value, int):
         return value * UCR_PER_CREDIT
     try:
-        number = Decimal(value.strip()) if isinstance(value, str) else value
+        if isinstance(value, float):
+            number = Decimal(repr(value))
+        else:
+            number = Decimal(value.strip()) if isinstance(value, str) else value
     except InvalidOperation as exc:
         raise ValueError(f"{value!r} is not a number") from exc
     if not number.is_finite():

@@ -26,7 +26,7 @@ from apiinone.domain.tasks import Task, iso
 from apiinone.services.tasks import TASK_EVENTS_CHANNEL, read_account_task
 
 if TYPE_CHECKING:
-    from apiinone.providers.base import GeneratedImage
+    from apiinone.kinds.image.job import GeneratedImage
 
 __all__ = [
     "TASK_EVENTS_CHANNEL",

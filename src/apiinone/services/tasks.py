@@ -31,6 +31,7 @@ from apiinone.errors import (
     TaskNotFound,
 )
 from apiinone.ids import new_id, now_ms
+from apiinone.kinds.base import Deferred
 from apiinone.services.metering import Metering, RequestRecord
 
 TASKS_CHANNEL = "apiinone_tasks"
@@ -212,16 +213,26 @@ class TaskService:
         self.on_task_finished(finished)
         return finished
 
-    async def complete_task(self, task: Task, lease_token: str, output: dict[str, Any]) -> Task | None:
+    async def complete_task(self, task: Task, lease_token: str, output: dict[str, Any], *,
+                            route: str | None = None) -> Task | None:
         """Succeed a leased task: capture the price. None if the lease was lost (canceled, or
         taken over after expiry), in which case nothing is charged by this worker."""
         async with self.db.uow() as uow:
             finished = await self._finish(uow, task, TaskStatus.SUCCEEDED, from_statuses=(TaskStatus.RUNNING,),
-                                          lease_token=lease_token, output=output)
+                                          lease_token=lease_token, output=output, route=route)
             await uow.commit()
         if finished is not None:
             self.on_task_finished(finished)
         return finished
+
+    async def defer_task(self, task: Task, lease_token: str, deferred: Deferred) -> Task | None:
+        """The task's job was submitted upstream: record it and free the worker's slot."""
+        async with self.db.uow() as uow:
+            moved = await uow.tasks.defer(task.id, lease_token=lease_token, remote_job=deferred.remote_job,
+                                          route=deferred.route, poll_at=now_ms() + deferred.poll_after_ms)
+            current = await uow.tasks.get(task.id) if moved else None
+            await uow.commit()
+        return current
 
     async def fail_task(self, task: Task, code: str, message: str, *, lease_token: str | None,
                         from_statuses: Sequence[TaskStatus] = (TaskStatus.RUNNING,)) -> Task | None:
@@ -236,12 +247,12 @@ class TaskService:
     async def _finish(self, uow: SqlUnitOfWork, task: Task, status: TaskStatus, *,
                       from_statuses: Sequence[TaskStatus] | frozenset[TaskStatus],
                       lease_token: str | None = None, output: dict[str, Any] | None = None,
-                      error: dict[str, str] | None = None) -> Task | None:
+                      error: dict[str, str] | None = None, route: str | None = None) -> Task | None:
         now = now_ms()
         charged = task.price if status is TaskStatus.SUCCEEDED else 0
         if not await uow.tasks.finish(task.id, status=status, from_statuses=list(from_statuses),
                                       lease_token=lease_token, output=output, error=error,
-                                      charged=charged, at=now):
+                                      charged=charged, at=now, route=route):
             return None
         if status is TaskStatus.SUCCEEDED:
             await self.metering.capture(uow, account_id=task.account_id, api_key_id=task.api_key_id,
@@ -255,7 +266,8 @@ class TaskService:
         await self.metering.record(
             uow, account_id=task.account_id, api_key_id=task.api_key_id, credits=charged, at=now,
             record=RequestRecord(type=finished.type, model=finished.model, status=status.value, http_status=202,
-                                 latency_ms=max(0, now - finished.created_at), task_id=task.id))
+                                 route=finished.route, latency_ms=max(0, now - finished.created_at),
+                                 task_id=task.id))
         await uow.notify(TASK_EVENTS_CHANNEL, f"{status.value} {task.id}")  # waiters in other processes
         if finished.callback_url:
             await uow.webhooks.enqueue(

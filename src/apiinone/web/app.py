@@ -54,19 +54,20 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
     app = FastAPI(
         title="apiinone", version=__version__, lifespan=lifespan,
         description="One HTTP API, one API key and one credit balance in front of many AI models.",
-        docs_url="/docs", redoc_url=None,
+        docs_url=None, redoc_url=None,  # /docs: web/routes/reference.py, from vendored assets
     )
     app.state.container = container
     app.state.on_start = []
     app.state.on_stop = []
     _install_error_handlers(app)
 
-    from apiinone.web.routes import admin_api, api, deliveries, ops
+    from apiinone.web.routes import admin_api, api, deliveries, ops, reference
 
     app.include_router(api.router)
     app.include_router(ops.router)
     app.include_router(deliveries.router)
     app.include_router(admin_api.router)
+    app.include_router(reference.router)
     from apiinone.web.routes import events, openai_compat
 
     app.include_router(events.router)

@@ -33,8 +33,8 @@ from apiinone.domain.webhooks import (
     outcome_of,
 )
 from apiinone.ids import now_ms
+from apiinone.net.egress import EgressPolicy, UrlNotAllowed, guarded_transport
 from apiinone.services.tasks import WEBHOOKS_CHANNEL
-from apiinone.webhooks.egress import EgressPolicy, UrlNotAllowed, guarded_transport
 from apiinone.webhooks.signing import webhook_headers
 from apiinone.worker.wakeup import Wakeup
 

@@ -195,7 +195,7 @@ async def _models_page(page: Page, *, status: int = 200, error: str | None = Non
     for spec in base.models.values():
         effective = container.catalog.models.get(spec.id, spec)
         rows.append({"spec": spec, "effective": effective, "overridden": spec.id in overrides,
-                     "available": container.providers.is_available(spec),
+                     "available": container.pool.is_available(spec),
                      "file_pricing": ", ".join(f"{q} {p}" for q, p in spec.pricing.items())})
     return render(page, "admin/models.html", status=status, section="admin", tab="models", rows=rows,
                   error=page.t(error) if error else None)

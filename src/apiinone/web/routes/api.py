@@ -15,13 +15,13 @@ from apiinone.domain.credits import format_credits
 from apiinone.domain.tasks import Task, iso
 from apiinone.errors import InvalidParameter, ModelNotFound, UrlNotAllowedError
 from apiinone.ids import now_ms
+from apiinone.net.egress import UrlNotAllowed, check_url
 from apiinone.services.tasks import IdempotencyClaim, ImageTaskRequest
 from apiinone.services.usage import UsageService
 from apiinone.web.deps import authenticate, base_url_of, container_of
 from apiinone.web.responses import JsonResponse, json_response
 from apiinone.web.routes.events import prefer_wait
 from apiinone.web.schemas import ImageGenerationBody, parse_json_body, read_json_body
-from apiinone.webhooks.egress import UrlNotAllowed, check_url
 
 router = APIRouter(prefix="/api/v1")
 log = structlog.get_logger(__name__)
@@ -147,7 +147,7 @@ async def cancel_task(request: Request, task_id: str) -> Response:
 @router.get("/models", summary="List launched models (no key needed)")
 async def list_models(request: Request) -> Response:
     container = container_of(request)
-    data = [m.to_public(container.providers.is_available(m)) for m in container.catalog.launched()]
+    data = [container.model_public(m) for m in container.catalog.launched()]
     return json_response({"object": "list", "data": data, "next_cursor": None})
 
 
@@ -157,7 +157,7 @@ async def get_model(request: Request, model_id: str) -> Response:
     spec = container.catalog.resolve(model_id)
     if spec is None or not spec.launched or not spec.enabled:
         raise ModelNotFound(f"model {model_id!r} does not exist")
-    return json_response(spec.to_public(container.providers.is_available(spec)))
+    return json_response(container.model_public(spec))
 
 
 @router.get("/account", summary="The account and its credits")
