@@ -19,6 +19,7 @@ from apiinone.net.egress import EgressPolicy, guarded_transport
 from apiinone.ratelimit import RateLimiter
 from apiinone.services.accounts import KEYS_CHANNEL, AccountService, ApiKeyAuthenticator
 from apiinone.services.events import TASK_EVENTS_CHANNEL, TaskEvents
+from apiinone.services.routes import RouteStatusService
 from apiinone.services.tasks import TASKS_CHANNEL, WEBHOOKS_CHANNEL, TaskService
 from apiinone.storage import storage_from_url
 from apiinone.storage.base import Storage
@@ -39,6 +40,7 @@ class Container:
     adapters: AdapterRegistry
     breakers: BreakerBoard
     pool: RoutePool
+    routes: RouteStatusService
     storage: Storage
     egress: EgressPolicy
     fetch_client: httpx.AsyncClient
@@ -133,6 +135,7 @@ def build_container(settings: Settings) -> Container:
     webhook_wakeup = Wakeup()
     container = Container(
         settings=settings, db=db, catalog=catalog, kinds=kinds, adapters=adapters, breakers=breakers, pool=pool,
+        routes=None,  # type: ignore[arg-type]  # set just below: it reads the container's catalog
         storage=storage_from_url(settings.resolved_storage_url, s3=S3Options.from_settings(settings),
                                  fsync=settings.storage_fsync),
         egress=egress, fetch_client=fetch_client,
@@ -143,6 +146,7 @@ def build_container(settings: Settings) -> Container:
         # PostgreSQL NOTIFY reaches waiters from any process, so polling there is only a safety net
         task_events=TaskEvents(db, poll_s=settings.worker_poll_s if db.is_sqlite else max(5.0, settings.worker_poll_s)),
     )
+    container.routes = RouteStatusService(container.catalog_source, pool, breakers)
     container.task_finished_hooks.append(container.task_events.publish)
 
     def on_task_finished(task: object) -> None:
@@ -152,5 +156,6 @@ def build_container(settings: Settings) -> Container:
     container.tasks = TaskService(
         db, container.catalog_source, is_available=pool.is_available, base_url=container.base_url,
         on_task_created=task_wakeup.set, on_task_finished=on_task_finished,
+        create_path_of=lambda type_: (kind.create_path if (kind := kinds.get(type_)) else None),
     )
     return container
