@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from sqlalchemy.exc import IntegrityError
 
+from apiinone.db.channels import TASK_EVENTS_CHANNEL, TASKS_CHANNEL, WEBHOOKS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.db.uow import SqlUnitOfWork
 from apiinone.domain.accounts import Account, ApiKey
@@ -34,9 +35,6 @@ from apiinone.errors import (
 from apiinone.ids import new_id, now_ms
 from apiinone.kinds.base import Deferred
 
-TASKS_CHANNEL = "apiinone_tasks"
-TASK_EVENTS_CHANNEL = "apiinone_task_events"
-WEBHOOKS_CHANNEL = "apiinone_webhooks"
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 
