@@ -14,16 +14,16 @@ from typing import Any
 import orjson
 from sqlalchemy.exc import IntegrityError
 
+from apiinone.db.channels import TASK_EVENTS_CHANNEL, TASKS_CHANNEL, WEBHOOKS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.db.uow import SqlUnitOfWork
 from apiinone.domain.accounts import Account, ApiKey
 from apiinone.domain.catalog import Catalog, ModelSpec
-from apiinone.domain.credits import LedgerKind
+from apiinone.domain.credits import credits_to_ucr
 from apiinone.domain.tasks import ACTIVE_STATUSES, Task, TaskStatus
 from apiinone.errors import (
     Forbidden,
     IdempotencyConflict,
-    InsufficientCredits,
     InvalidParameter,
     ModelNotFound,
     ModelUnavailable,
@@ -33,10 +33,8 @@ from apiinone.errors import (
 )
 from apiinone.ids import new_id, now_ms
 from apiinone.kinds.base import Deferred
+from apiinone.services.metering import Metering, RequestRecord
 
-TASKS_CHANNEL = "apiinone_tasks"
-TASK_EVENTS_CHANNEL = "apiinone_task_events"
-WEBHOOKS_CHANNEL = "apiinone_webhooks"
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 
@@ -92,18 +90,28 @@ class TaskService:
     def __init__(self, db: Database, catalog_source: Callable[[], Catalog], *,
                  is_available: Callable[[ModelSpec], bool], base_url: Callable[[], str],
                  on_task_created: Callable[[], None] = lambda: None,
-                 on_task_finished: Callable[[Task], None] = lambda task: None) -> None:
+                 on_task_finished: Callable[[Task], None] = lambda task: None,
+                 create_path_of: Callable[[str], str | None] = lambda type_: None,
+                 metering: Metering | None = None) -> None:
         self.db = db
+        self.create_path_of = create_path_of
+        self.metering = metering or Metering(db)
         self.catalog_source = catalog_source
         self.is_available = is_available
         self.base_url = base_url
         self.on_task_created = on_task_created
         self.on_task_finished = on_task_finished
 
-    def resolve_model(self, name: str, *, key: ApiKey | None = None) -> ModelSpec:
+    def resolve_model(self, name: str, *, key: ApiKey | None = None, type_: str | None = None) -> ModelSpec:
+        """The launched model ``name`` names, checked for this key, this route's type and an upstream."""
         spec = self.catalog_source().resolve(name)
         if spec is None or not spec.launched or not spec.enabled:
             raise ModelNotFound(f"model {name!r} does not exist; see GET /api/v1/models", param="model")
+        if type_ is not None and spec.type != type_:
+            path = self.create_path_of(spec.type)
+            where = f"; use {path}" if path else ""
+            raise InvalidParameter(f"model {spec.id!r} is a {spec.type} model, not a {type_} model{where}",
+                                   param="model")
         if key is not None and not key.may_use(spec.id):
             raise Forbidden(f"this API key may not use model {spec.id!r}")
         if not self.is_available(spec):
@@ -120,10 +128,10 @@ class TaskService:
         hold, so two concurrent requests with one key create one task: the loser's insert conflicts
         (on PostgreSQL it waits for the winner's commit), it rolls back and replays the winner's
         response, and it never touches the credits the winner holds."""
-        spec = self.resolve_model(request.model, key=key)
+        spec = self.resolve_model(request.model, key=key, type_="image")
         if request.quality not in spec.pricing:
             raise InvalidParameter(f"quality must be one of {', '.join(spec.pricing)}", param="quality")
-        price = spec.price(request.quality) * request.n
+        price = credits_to_ucr(spec.price(request.quality)) * request.n  # µcr
         now = now_ms()
         task_input: dict[str, Any] = {
             "prompt": request.prompt, "aspect_ratio": request.aspect_ratio, "quality": request.quality,
@@ -150,17 +158,12 @@ class TaskService:
                     await uow.idempotency.add(account.id, idempotency.key, route=idempotency.route,
                                               request_hash=idempotency.request_hash, status_code=status_code,
                                               response_body=body, task_id=task.id, at=now)
-                if not await uow.accounts.try_hold(account.id, price):
-                    credits = await uow.accounts.credits(account.id)
-                    raise InsufficientCredits(
-                        f"this task costs {price} credits but only {credits.available} are available")
+                await self.metering.hold(uow, account_id=account.id, api_key_id=key.id if key else None,
+                                         amount=price, task_id=task.id, at=now)
                 # the hold above locked the account row, so concurrent creates count one at a time
                 if max_active_tasks is not None and await uow.tasks.count_active(account.id) >= max_active_tasks:
                     raise RateLimited(f"this account already has {max_active_tasks} queued or running tasks")
-                if key is not None and not await uow.api_keys.try_spend(key.id, price):
-                    raise InsufficientCredits("this API key has used up its credit budget")
                 await uow.tasks.add(task)
-                await uow.ledger.add(account.id, LedgerKind.HOLD, price, task_id=task.id, at=now)
                 await uow.notify(TASKS_CHANNEL)
                 await uow.commit()
         except IntegrityError:
@@ -258,15 +261,19 @@ class TaskService:
                                       charged=charged, at=now, route=route):
             return None
         if status is TaskStatus.SUCCEEDED:
-            await uow.accounts.change(task.account_id, balance=-task.price, held=-task.price)
-            await uow.ledger.add(task.account_id, LedgerKind.CAPTURE, -task.price, task_id=task.id, at=now)
+            await self.metering.capture(uow, account_id=task.account_id, api_key_id=task.api_key_id,
+                                        held=task.price, charged=charged, task_id=task.id, at=now)
         else:
-            await uow.accounts.change(task.account_id, held=-task.price)
-            await uow.ledger.add(task.account_id, LedgerKind.RELEASE, -task.price, task_id=task.id, at=now)
-            if task.api_key_id is not None:
-                await uow.api_keys.refund(task.api_key_id, task.price)
+            await self.metering.release(uow, account_id=task.account_id, api_key_id=task.api_key_id,
+                                        held=task.price, task_id=task.id, at=now)
         finished = await uow.tasks.get(task.id)
         assert finished is not None
+        # the create call was answered 202 with the task; latency runs from then to the end
+        await self.metering.record(
+            uow, account_id=task.account_id, api_key_id=task.api_key_id, credits=charged, at=now,
+            record=RequestRecord(type=finished.type, model=finished.model, status=status.value, http_status=202,
+                                 route=finished.route, latency_ms=max(0, now - finished.created_at),
+                                 task_id=task.id))
         await uow.notify(TASK_EVENTS_CHANNEL, f"{status.value} {task.id}")  # waiters in other processes
         if finished.callback_url:
             await uow.webhooks.enqueue(
