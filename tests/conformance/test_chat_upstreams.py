@@ -19,6 +19,7 @@ from apiinone.kinds.chat.job import ChatAdapter, ChatChunk, ChatRequest
 from apiinone.upstreams.anthropic.adapter import AnthropicAdapter
 from apiinone.upstreams.base import RouteTarget, UpstreamError, UpstreamTimeoutError
 from apiinone.upstreams.gemini.adapter import GeminiAdapter
+from apiinone.upstreams.gemini.translate import carried_by
 from tests.fakes.fake_anthropic import FakeAnthropic
 from tests.fakes.fake_gemini import FakeGemini
 from tests.fakes.loopback import LoopbackFake
@@ -267,3 +268,35 @@ async def test_error_event_before_output_is_retryable(upstream: ChatUpstream, fa
     with pytest.raises(UpstreamError) as caught:
         await collect(adapter, target_for(upstream, fake), chat_request(stream=True))
     assert caught.value.retryable
+
+
+async def test_gemini_thought_signatures_go_back_with_their_calls() -> None:
+    """Gemini 3 refuses function calls sent back without their ``thoughtSignature``; the canonical
+    tool call id carries it, so a plain OpenAI-shaped conversation round-trips."""
+    with FakeGemini() as fake:
+        adapter = GeminiAdapter(timeout_s=5)
+        try:
+            target = RouteTarget(model_id="m", route="r", provider="gemini", base_url=fake.origin,
+                                 api_key=fake.api_key, upstream_model="gemini-3-pro-preview")
+            request = chat_request("weather?", tools=[WEATHER_TOOL], tool_choice="required")
+            first = await adapter.chat(target, request)
+            message = first.body["choices"][0]["message"]
+            (call,) = message["tool_calls"]
+            assert set(call["id"]) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+            follow = ChatRequest(body={"model": "m", "tools": [WEATHER_TOOL], "messages": [
+                *request.body["messages"], message,
+                {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}]}, max_output_tokens=64)
+            second = await adapter.chat(target, follow)
+            assert second.body["choices"][0]["message"]["content"] == "Tool said: sunny"
+            sent = fake.requests[-1].json["contents"][1]["parts"][0]
+            _, signature = carried_by(call["id"])
+            assert signature and sent == {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+                                          "thoughtSignature": signature}
+            stripped = {**message, "tool_calls": [{**call, "id": "call_plain"}]}
+            with pytest.raises(UpstreamError) as refused:
+                await adapter.chat(target, ChatRequest(body={"model": "m", "messages": [
+                    *request.body["messages"], stripped,
+                    {"role": "tool", "tool_call_id": "call_plain", "content": "sunny"}]}, max_output_tokens=64))
+            assert "thought_signature" in refused.value.message and not refused.value.retryable
+        finally:
+            await adapter.aclose()

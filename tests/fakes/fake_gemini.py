@@ -9,7 +9,9 @@ matching the calls of the turn before, unknown fields (also inside ``generationC
 function ``parameters`` schema, which is an OpenAPI subset), ranges, ``toolConfig`` modes. Field
 names are accepted in camelCase and snake_case, as the JSON mapping of Google's API allows. Errors
 use Google's envelope ``{"error": {"code", "message", "status", "details"}}``; a bad key is 400
-``INVALID_ARGUMENT`` with reason ``API_KEY_INVALID``, as Gemini answers it.
+``INVALID_ARGUMENT`` with reason ``API_KEY_INVALID``, as Gemini answers it. Function calls carry a
+``thoughtSignature``, and ``gemini-3*`` models refuse a conversation whose function calls come back
+without theirs, as Gemini 3 does.
 
 ``with FakeGemini() as fake: fake.base_url, fake.fail_next(503), fake.cut_next(2), fake.hang_next()``;
 as a process: ``python -m tests.fakes.fake_gemini --port 0 --port-file F``.
@@ -195,6 +197,12 @@ def validate(body: Any, model: str) -> dict[str, Any]:
                 call = part["functionCall"]
                 if not isinstance(call, dict) or not isinstance(call.get("name"), str):
                     raise Invalid(f"* {where}.parts[{j}].function_call.name: Name is not specified\n")
+                if model.startswith("gemini-3") and not part.get("thoughtSignature"):
+                    raise Invalid(f"Function call is missing a thought_signature in functionCall parts. This is "
+                                  f"required for tools to work correctly, and missing thought_signature may lead to "
+                                  f"degraded model performance. Additional data, function call `default_api:"
+                                  f"{call['name']}` , position {j + 1}. Please refer to "
+                                  "https://ai.google.dev/gemini-api/docs/thought-signatures for more details.")
                 if "args" in call and not isinstance(call["args"], dict):
                     raise Invalid(f"Invalid value at 'contents[{i}].parts[{j}].function_call.args' (Struct)")
                 calls += 1
@@ -309,7 +317,8 @@ def responses_of(model: str, reply: Reply, body_bytes: int, state: FakeState, *,
     response_id = secrets.token_urlsafe(16)
     finish = FINISH[reply.stop]
     if reply.tool is not None:
-        part: dict[str, Any] = {"functionCall": {"name": reply.tool.name, "args": reply.tool.input}}
+        part: dict[str, Any] = {"functionCall": {"name": reply.tool.name, "args": reply.tool.input},
+                                "thoughtSignature": base64.b64encode(secrets.token_bytes(48)).decode()}
         output = tool_output_tokens(reply.tool, orjson.dumps(reply.tool.input).decode())
         groups = [[part]]
     else:

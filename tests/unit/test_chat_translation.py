@@ -443,3 +443,20 @@ def test_inbound_stream_of_passthrough_chunks() -> None:
     events = parse_events(encoder.feed(ChatChunk(data=None, raw=raw, output_bytes=8)) + encoder.end(Usage(3, 2)))
     assert events[3][1]["delta"] == {"type": "text_delta", "text": "raw text"}
     assert events[-2][1]["usage"]["output_tokens"] == 2 and events[-2][1]["delta"]["stop_reason"] == "end_turn"
+
+
+def test_gemini_call_ids_carry_id_and_thought_signature_back() -> None:
+    part = {"functionCall": {"id": "g-7", "name": "f", "args": {}}, "thoughtSignature": "c2lnbmF0dXJl+/=="}
+    call_id = gemini.call_id_of(part)
+    assert call_id.startswith("gem_") and gemini.carried_by(call_id) == ("g-7", "c2lnbmF0dXJl+/==")
+    assert gemini.call_id_of({"functionCall": {"name": "f"}}).startswith("call_")
+    assert gemini.carried_by("call_abc") == (None, None) and gemini.carried_by("gem_%%%") == (None, None)
+    body = gemini.generate_request(request([
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": call_id, "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": call_id, "content": "done"}]))
+    assert body["contents"][1]["parts"] == [{"functionCall": {"name": "f", "args": {}, "id": "g-7"},
+                                             "thoughtSignature": "c2lnbmF0dXJl+/=="}]
+    assert body["contents"][2]["parts"] == [{"functionResponse": {"name": "f", "response": {"result": "done"},
+                                                                  "id": "g-7"}}]

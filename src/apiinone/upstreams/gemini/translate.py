@@ -13,7 +13,8 @@ AUTO, none → NONE, required → ANY, a named function → ANY with ``allowedFu
 (with ``responseSchema`` for ``json_schema``).
 
 Answer: text parts → ``content`` (thought parts dropped), ``functionCall`` → ``tool_calls`` (an id
-is made when Gemini gives none); ``finishReason`` STOP → stop (tool_calls when the answer calls a
+is made that carries Gemini's call id and ``thoughtSignature`` back to it, see
+:func:`call_id_of`); ``finishReason`` STOP → stop (tool_calls when the answer calls a
 function), MAX_TOKENS → length, SAFETY / RECITATION / BLOCKLIST / PROHIBITED_CONTENT / SPII →
 content_filter; ``usageMetadata``: promptTokenCount → prompt tokens (cachedContentTokenCount of
 them cached), candidatesTokenCount + thoughtsTokenCount → completion tokens.
@@ -21,6 +22,7 @@ them cached), candidatesTokenCount + thoughtsTokenCount → completion tokens.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import orjson
@@ -51,6 +53,33 @@ SCHEMA_KEYS = frozenset({"type", "format", "title", "description", "nullable", "
                          "maximum"})
 _EXTENSION_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp",
                     "gif": "image/gif", "heic": "image/heic", "heif": "image/heif"}
+
+
+def call_id_of(part: dict[str, Any]) -> str:
+    """The canonical tool call id of a ``functionCall`` part. Gemini's own call id and the part's
+    ``thoughtSignature`` (which newer models require back with the call) ride inside the id, so any
+    client returns them untouched: ``gem_`` + base64url(JSON), only ``[A-Za-z0-9_-]`` characters."""
+    call = part.get("functionCall") or {}
+    carried = {k: v for k, v in (("id", call.get("id")), ("sig", part.get("thoughtSignature")))
+               if isinstance(v, str) and v}
+    if not carried:
+        return new_tool_call_id()
+    return "gem_" + base64.urlsafe_b64encode(orjson.dumps(carried)).decode().rstrip("=")
+
+
+def carried_by(call_id: Any) -> tuple[str | None, str | None]:
+    """(Gemini's call id, thought signature) carried by a tool call id made by :func:`call_id_of`."""
+    if not isinstance(call_id, str) or not call_id.startswith("gem_"):
+        return None, None
+    raw = call_id[4:]
+    try:
+        carried = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        return None, None
+    if not isinstance(carried, dict):
+        return None, None
+    gemini_id, signature = carried.get("id"), carried.get("sig")
+    return (gemini_id if isinstance(gemini_id, str) else None, signature if isinstance(signature, str) else None)
 
 
 def finish_reason_of(reason: str | None, called: bool) -> str | None:
@@ -98,8 +127,9 @@ def generate_request(request: ChatRequest) -> dict[str, Any]:
                                            f"{param}.tool_call_id")
             text = text_of(message.get("content"), f"{param}.content")
             response: dict[str, Any] = {"name": name, "response": _tool_response(text)}
-            if isinstance(call_id, str) and not call_id.startswith("call_"):
-                response["id"] = call_id
+            gemini_id, _ = carried_by(call_id)
+            if gemini_id:
+                response["id"] = gemini_id
             _append(contents, "user", [{"functionResponse": response}])
         else:
             raise ChatTranslationError(f"{param}.role {role!r} is not supported", f"{param}.role")
@@ -183,9 +213,13 @@ def _model_parts(message: dict[str, Any], param: str, call_names: dict[str, str]
         call_id = call.get("id")
         if isinstance(call_id, str) and call_id:
             call_names[call_id] = name
-            if not call_id.startswith("call_"):  # an id Gemini made itself goes back to it
-                function_call["id"] = call_id
-        parts.append({"functionCall": function_call})
+        gemini_id, signature = carried_by(call_id)
+        if gemini_id:
+            function_call["id"] = gemini_id
+        call_part: dict[str, Any] = {"functionCall": function_call}
+        if signature:
+            call_part["thoughtSignature"] = signature
+        parts.append(call_part)
     return parts
 
 
@@ -290,7 +324,7 @@ def completion_from(payload: dict[str, Any], fallback_model: str) -> ChatComplet
             texts.append(part["text"])
         elif isinstance(part.get("functionCall"), dict):
             call = part["functionCall"]
-            calls.append(tool_call(str(call.get("id") or new_tool_call_id()), str(call.get("name") or ""),
+            calls.append(tool_call(call_id_of(part), str(call.get("name") or ""),
                                    dumps(call.get("args") or {})))
     usage = usage_of(payload.get("usageMetadata"))
     finish = finish_reason_of(candidate.get("finishReason"), bool(calls)) or "stop"
@@ -338,7 +372,7 @@ class StreamTranslator:
                 out.append(self.writer.text(part["text"]))
             elif isinstance(part.get("functionCall"), dict):
                 call = part["functionCall"]
-                out.append(self.writer.tool_call_start(self.calls, str(call.get("id") or new_tool_call_id()),
+                out.append(self.writer.tool_call_start(self.calls, call_id_of(part),
                                                        str(call.get("name") or ""), dumps(call.get("args") or {})))
                 self.calls += 1
         finish = finish_reason_of(candidate.get("finishReason"), self.calls > 0)
