@@ -42,6 +42,15 @@ provider = "{provider}"
 base_url = "{url}"
 api_key_env = "{key_env}"
 """
+BACKUP_ROUTE = """
+[[models.routes]]
+name = "gemini-backup"
+provider = "gemini"
+base_url = "{url}/v1beta"
+upstream_model = "gemini-2.5-flash"
+api_key_env = "FAKE_GEMINI_KEY"
+priority = 1
+"""
 
 
 @pytest.fixture
@@ -66,6 +75,7 @@ async def live_server(tmp_path: Path, url: str, fakes: tuple[FakeAnthropic, Fake
     monkeypatch.setenv("FAKE_GEMINI_KEY", gemini.api_key)
     monkeypatch.setenv("FAKE_CHAT_KEY", gpt.api_key)
     monkeypatch.delenv("UNSET_KEY", raising=False)
+    monkeypatch.setenv("ROTATING_KEYS", f"sk-ant-refused-0000,{claude.api_key}")
     models = tmp_path / "models.toml"
     models.write_text(
         MODEL.format(id="claude-fake", provider="anthropic", upstream="claude-sonnet-4-5", url=claude.base_url,
@@ -75,7 +85,12 @@ async def live_server(tmp_path: Path, url: str, fakes: tuple[FakeAnthropic, Fake
         + MODEL.format(id="gpt-fake", provider="openai", upstream="gpt-4o-mini", url=gpt.base_url,
                        key_env="FAKE_CHAT_KEY")
         + MODEL.format(id="claude-keyless", provider="anthropic", upstream="claude-sonnet-4-5",
-                       url=claude.base_url, key_env="UNSET_KEY"))
+                       url=claude.base_url, key_env="UNSET_KEY")
+        + MODEL.format(id="claude-rotating", provider="anthropic", upstream="claude-sonnet-4-5",
+                       url=claude.base_url, key_env="ROTATING_KEYS")
+        + MODEL.format(id="claude-then-gemini", provider="anthropic", upstream="claude-sonnet-4-5",
+                       url=claude.base_url, key_env="FAKE_ANTHROPIC_KEY")
+        + BACKUP_ROUTE.format(url=gemini.base_url))
     async with LiveServer(tmp_path, url, embedded_worker=False, models_file=models, route_backoff_s=0.0) as live:
         yield live
 
@@ -300,3 +315,30 @@ async def test_upstream_cut_mid_stream_ends_with_error_event_and_partial_charge(
     assert row["output_tokens"] == estimate_tokens(len(text.encode()))
     assert before - await balance(server, caller.account_id) == row["input_tokens"] * IN_UCR + \
         row["output_tokens"] * OUT_UCR
+
+
+async def test_failover_across_protocols_and_key_rotation(server: LiveServer,
+                                                          fakes: tuple[FakeAnthropic, FakeGemini, FakeOpenAIChat]) -> None:
+    """An overloaded Anthropic route fails over to a Gemini route before the first byte; a refused
+    key is set aside and the route's next key answers; the client sees one Anthropic answer."""
+    claude, gemini, _ = fakes
+    caller = await server.caller(credits=10)
+    claude.fail_next(529)
+
+    def ask(model: str, stream: bool) -> str:
+        sdk = client(server, caller)
+        user: list[anthropic.types.MessageParam] = [{"role": "user", "content": "who answers?"}]
+        if stream:
+            with sdk.messages.stream(model=model, max_tokens=50, messages=user) as events:
+                return "".join(events.text_stream)
+        block = sdk.messages.create(model=model, max_tokens=50, messages=user).content[0]
+        assert block.type == "text"
+        return block.text
+
+    gemini_before = gemini.received
+    assert await asyncio.to_thread(ask, "claude-then-gemini", True) == "Echo: who answers?"
+    assert gemini.received == gemini_before + 1 and claude.requests[-1].status == 529
+    assert await asyncio.to_thread(ask, "claude-rotating", False) == "Echo: who answers?"
+    assert [r.status for r in claude.requests[-2:]] == [401, 200]
+    rows = await log_rows(server, caller.account_id)
+    assert [r["status"] for r in rows] == ["succeeded", "succeeded"]
