@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from apiinone.db import tables as t
-from apiinone.kinds.chat import estimate_tokens
+from apiinone.kinds.chat import estimate_input_tokens, estimate_tokens
 from tests.conftest import Caller
 from tests.fakes.fake_anthropic import FakeAnthropic
 from tests.fakes.fake_gemini import FakeGemini
@@ -342,3 +342,27 @@ async def test_failover_across_protocols_and_key_rotation(server: LiveServer,
     assert [r.status for r in claude.requests[-2:]] == [401, 200]
     rows = await log_rows(server, caller.account_id)
     assert [r["status"] for r in rows] == ["succeeded", "succeeded"]
+
+
+async def test_count_tokens_is_the_hold_estimate_and_free(server: LiveServer,
+                                                          fakes: tuple[FakeAnthropic, ...]) -> None:
+    caller = await server.caller(credits=10)
+    sent_before = fakes[0].received
+
+    def count() -> int:
+        return client(server, caller).messages.count_tokens(
+            model="claude-fake", system="Be brief.", tools=TOOLS,
+            messages=[{"role": "user", "content": "how many tokens is this?"}]).input_tokens
+
+    counted = await asyncio.to_thread(count)
+    expected = estimate_input_tokens({"messages": [{"role": "system", "content": "Be brief."},
+                                                   {"role": "user", "content": "how many tokens is this?"}],
+                                      "tools": [{"type": "function", "function": {
+                                          "name": "get_weather", "parameters": TOOLS[0]["input_schema"],
+                                          "description": "Weather of a city"}}]})
+    assert counted == expected
+    assert fakes[0].received == sent_before and await log_rows(server, caller.account_id) == []
+    assert await balance(server, caller.account_id) == 10_000_000
+    unknown = await server.client.post("/v1/messages/count_tokens", headers={"x-api-key": caller.key}, json={
+        "model": "nope", "messages": [{"role": "user", "content": "x"}]})
+    assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "not_found_error"

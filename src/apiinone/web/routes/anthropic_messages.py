@@ -41,8 +41,9 @@ from apiinone.errors import (
     Unauthorized,
     UpstreamFailed,
 )
+from apiinone.kinds.chat import estimate_input_tokens
 from apiinone.kinds.chat.job import ChatCompletion
-from apiinone.services.direct_chat import ChatStream
+from apiinone.services.direct_chat import ChatStream, resolve_model
 from apiinone.upstreams.base import UpstreamError
 from apiinone.web.compat.anthropic_messages import (
     CREDIT_BALANCE_TOO_LOW,
@@ -157,6 +158,22 @@ async def create_message(request: Request) -> Response:
         return Response(status_code=499)
     message = message_from_completion(answer.body, answer.usage, inbound.model)
     return ChatAnswerResponse(service, opened, ChatCompletion(body=message, usage=answer.usage))
+
+
+@router.post("/messages/count_tokens", summary="Count a Messages request's input tokens (an estimate, free)",
+             openapi_extra=_DOC)
+async def count_message_tokens(request: Request) -> Response:
+    """``{"input_tokens": N}``: the estimate a call's credit hold is computed with (⌈UTF-8 bytes of
+    the canonical messages and tools / 4⌉). Nothing is sent upstream or charged."""
+    key, account = await authenticate_messages(request)
+    container = container_of(request)
+    await container.rate_limits.check(key, account)
+    body = _parse(await read_json_body(request))
+    if isinstance(body, dict):
+        body = {k: v for k, v in body.items() if k not in ("max_tokens", "stream")} | {"max_tokens": 1}
+    inbound = chat_body_from_messages(body)
+    resolve_model(container.catalog_source(), container.kinds, container.pool, inbound.model, key)
+    return JsonResponse({"input_tokens": estimate_input_tokens(inbound.body)})
 
 
 async def message_events(stream: ChatStream, encoder: MessagesStreamEncoder) -> AsyncIterator[bytes]:
