@@ -18,6 +18,7 @@ as a process: ``python -m tests.fakes.fake_anthropic --port 0 --port-file F`` (c
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -360,22 +361,33 @@ async def _answer(request: Request, body: Any, state: FakeState) -> Response:
     if not body.get("stream"):
         return json_response(message, headers=headers)
     events = stream_events(message, reply)
-    return StreamingResponse(_stream(events, misbehaviour), media_type="text/event-stream",
+    return StreamingResponse(_stream(events, misbehaviour, state), media_type="text/event-stream",
                              headers={**headers, "cache-control": "no-cache"})
 
 
-async def _stream(events: list[bytes], misbehaviour: Misbehaviour | None) -> AsyncIterator[bytes]:
+async def _stream(events: list[bytes], misbehaviour: Misbehaviour | None, state: FakeState) -> AsyncIterator[bytes]:
     cut = misbehaviour.cut_after if misbehaviour is not None else None
-    for n, event in enumerate(events):
-        if cut is not None and n >= cut:
-            assert misbehaviour is not None
-            if misbehaviour.error is not None:
-                error = misbehaviour.error if isinstance(misbehaviour.error, dict) else \
-                    anthropic_error("overloaded_error", "Overloaded")
-                yield _event("error", {"type": "error", "error": error.get("error", error)})
-                return
-            raise StreamCut("scripted cut")
-        yield event
+    delay_s = float(state.options.get("event_delay_ms", 0)) / 1000
+    finished = False
+    try:
+        for n, event in enumerate(events):
+            if cut is not None and n >= cut:
+                assert misbehaviour is not None
+                if misbehaviour.error is not None:
+                    error = misbehaviour.error if isinstance(misbehaviour.error, dict) else \
+                        anthropic_error("overloaded_error", "Overloaded")
+                    finished = True
+                    yield _event("error", {"type": "error", "error": error.get("error", error)})
+                    return
+                finished = True
+                raise StreamCut("scripted cut")
+            if delay_s and n:
+                await asyncio.sleep(delay_s)
+            yield event
+        finished = True
+    finally:
+        if not finished:  # the client went away mid-stream
+            state.count("aborted_streams")
 
 
 class FakeAnthropic(LoopbackFake):
@@ -405,6 +417,15 @@ class FakeAnthropic(LoopbackFake):
 
     def set_cache_read_tokens(self, tokens: int) -> None:
         self.state.options["cache_read_input_tokens"] = tokens
+
+    def set_event_delay(self, ms: float) -> None:
+        """Hold each stream event back this long (a slow model: time to disconnect mid-stream)."""
+        self.state.options["event_delay_ms"] = ms
+
+    @property
+    def aborted_streams(self) -> int:
+        """Streams whose client (our adapter) hung up before the last event."""
+        return self.state.counters.get("aborted_streams", 0)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,11 @@ class FakeState:
         self.script: deque[Misbehaviour] = deque()
         self.received = 0
         self.options: dict[str, Any] = {}
+        self.counters: dict[str, int] = {}
+
+    def count(self, name: str) -> None:
+        with self.lock:
+            self.counters[name] = self.counters.get(name, 0) + 1
 
     def record(self, rec: RecordedRequest) -> None:
         with self.lock:
@@ -82,6 +87,7 @@ class FakeState:
             self.recorded.clear()
             self.script.clear()
             self.received = 0
+            self.counters.clear()
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

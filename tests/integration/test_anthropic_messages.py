@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import orjson
 import pytest
 from sqlalchemy import select
 
@@ -366,3 +367,36 @@ async def test_count_tokens_is_the_hold_estimate_and_free(server: LiveServer,
     unknown = await server.client.post("/v1/messages/count_tokens", headers={"x-api-key": caller.key}, json={
         "model": "nope", "messages": [{"role": "user", "content": "x"}]})
     assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "not_found_error"
+
+
+async def test_client_gone_mid_stream_stops_the_upstream_and_pays_what_was_produced(
+        server: LiveServer, fakes: tuple[FakeAnthropic, ...]) -> None:
+    claude = fakes[0]
+    claude.set_event_delay(20)
+    caller = await server.caller(credits=10)
+    before = await balance(server, caller.account_id)
+    words = " ".join(f"w{i}" for i in range(200))
+    body = {"model": "claude-fake", "max_tokens": 500, "stream": True,
+            "messages": [{"role": "user", "content": words}]}
+    received = ""
+    async with server.client.stream("POST", "/v1/messages", json=body, headers={"x-api-key": caller.key}) as resp:
+        assert resp.status_code == 200
+        async for line in resp.aiter_lines():
+            if line.startswith("data: ") and '"text_delta"' in line:
+                received += orjson.loads(line[6:])["delta"]["text"]
+                if len(received) > 20:
+                    break
+
+    async def settled() -> bool:
+        return bool(await log_rows(server, caller.account_id)) and claude.aborted_streams == 1
+
+    for _ in range(1000):
+        if await settled():
+            break
+        await asyncio.sleep(0.01)
+    assert await settled(), "the upstream stream was not ended, or the call not settled"
+    (row,) = await log_rows(server, caller.account_id)
+    assert row["status"] == "canceled"
+    assert 0 < row["output_tokens"] < 200  # what was produced, not the whole answer
+    assert before - await balance(server, caller.account_id) == row["input_tokens"] * IN_UCR + \
+        row["output_tokens"] * OUT_UCR
