@@ -174,7 +174,7 @@ class DirectChat:
         charged = opened.charged = opened.call.charge(usage)
         record = self._record(opened, status, http_status, usage, ttft_ms)
         await self.metering.settle_direct(opened.hold, charged, record)
-        log.info("chat_settled", model=opened.spec.id, route=opened.route, status=status, charged_ucr=charged,
+        log.debug("chat_settled", model=opened.spec.id, route=opened.route, status=status, charged_ucr=charged,
                  input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, estimated=usage.estimated)
         return charged
 
