@@ -208,10 +208,11 @@ class ChatStream:
         self.error: UpstreamError | None = None
         self.ttft_ms: int | None = None
 
-    async def frames(self) -> AsyncIterator[bytes]:
-        """SSE frames for the client: chunks passed through as the upstream sent them, the usage
-        chunk only if the client asked, ``[DONE]`` at the end, or an error event if the upstream broke."""
-        include_usage = self.opened.call.request.include_usage
+    async def chunks(self) -> AsyncIterator[ChatChunk]:
+        """The upstream's chunks in order, counted as they pass (output bytes, usage, time to first
+        chunk); for writers of other protocols (``/v1/messages``). When it ends normally the call is
+        already settled; an UpstreamError is recorded (``error``), settled as produced and re-raised.
+        The writer still calls :meth:`finish` at the end (a no-op after settling)."""
         try:
             while True:
                 if self._head is not None:
@@ -224,23 +225,34 @@ class ChatStream:
                 self.output_bytes += chunk.output_bytes
                 if chunk.usage is not None:
                     self.usage = chunk.usage
-                    if _usage_only(chunk) and not include_usage:
-                        continue
-                if self.ttft_ms is None:
+                if self.ttft_ms is None and not _usage_only(chunk):
                     self.ttft_ms = self.opened.elapsed_ms()
-                yield b"data: " + (chunk.raw if chunk.raw is not None else orjson.dumps(chunk.data)) + b"\n\n"
+                yield chunk
         except UpstreamError as exc:
             self.error = exc
             log.warning("chat_stream_cut", model=self.opened.spec.id, route=self.opened.route, error=exc.message[:200])
+            await asyncio.shield(self.finish(client_gone=False))  # charged as produced, before the client hears
+            raise
+        self.completed = True
+        await asyncio.shield(self.finish(client_gone=False))  # charged before the end reaches the client
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        """OpenAI SSE frames for the client: chunks passed through as the upstream sent them, the
+        usage chunk only if the client asked, ``[DONE]`` at the end, or an error event if the
+        upstream broke."""
+        include_usage = self.opened.call.request.include_usage
+        try:
+            async for chunk in self.chunks():
+                if chunk.usage is not None and _usage_only(chunk) and not include_usage:
+                    continue
+                yield b"data: " + (chunk.raw if chunk.raw is not None else orjson.dumps(chunk.data)) + b"\n\n"
+        except UpstreamError as exc:
             body = {"error": {"message": f"the upstream stream broke: {exc.message}", "type": "server_error",
                               "param": None, "code": "upstream_error"}}
-            await asyncio.shield(self.finish(client_gone=False))  # charged as produced, before the event is sent
             if self.opened.receipt:
                 yield self._receipt()
             yield b"data: " + orjson.dumps(body) + b"\n\n"
             return
-        self.completed = True
-        await asyncio.shield(self.finish(client_gone=False))  # charged before [DONE] reaches the client
         if self.opened.receipt:
             yield self._receipt()
         yield DONE_EVENT
