@@ -24,6 +24,7 @@ import structlog
 
 from apiinone.domain.accounts import Account, ApiKey
 from apiinone.domain.catalog import Catalog, ModelSpec
+from apiinone.domain.credits import format_credits
 from apiinone.errors import Forbidden, InvalidParameter, ModelNotFound, ModelUnavailable, UpstreamFailed
 from apiinone.kinds import KindRegistry
 from apiinone.kinds.chat import KIND as CHAT
@@ -78,6 +79,9 @@ class OpenedChat:
     started: float = field(default_factory=time.perf_counter)
     route: str | None = None
     settled: bool = False
+    charged: int = 0
+    receipt: bool = False
+    """Send the console's receipt event (the charge) before ``[DONE]``; never on the public routes."""
 
     @property
     def stream(self) -> bool:
@@ -95,13 +99,14 @@ class DirectChat:
         self.pool = pool
         self.metering = metering
 
-    async def open(self, account: Account, key: ApiKey | None, body: Any, route_path: str) -> OpenedChat:
+    async def open(self, account: Account, key: ApiKey | None, body: Any, route_path: str, *,
+                   receipt: bool = False) -> OpenedChat:
         """Validate, resolve and hold (InsufficientCredits with nothing sent upstream)."""
         fields = validate_body(body)
         spec = resolve_model(self.catalog_source(), self.kinds, self.pool, fields["model"], key)
         call = CHAT.prepare(spec, fields)
         hold = await self.metering.open_direct(account, key, call.hold)
-        return OpenedChat(spec=spec, call=call, hold=hold, route_path=route_path)
+        return OpenedChat(spec=spec, call=call, hold=hold, route_path=route_path, receipt=receipt)
 
     # ------------------------------------------------------------------------------ whole answers
 
@@ -166,10 +171,10 @@ class DirectChat:
         if opened.settled:
             return 0
         opened.settled = True
-        charged = opened.call.charge(usage)
+        charged = opened.charged = opened.call.charge(usage)
         record = self._record(opened, status, http_status, usage, ttft_ms)
         await self.metering.settle_direct(opened.hold, charged, record)
-        log.info("chat_settled", model=opened.spec.id, route=opened.route, status=status, charged_ucr=charged,
+        log.debug("chat_settled", model=opened.spec.id, route=opened.route, status=status, charged_ucr=charged,
                  input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, estimated=usage.estimated)
         return charged
 
@@ -205,9 +210,9 @@ class ChatStream:
 
     async def chunks(self) -> AsyncIterator[ChatChunk]:
         """The upstream's chunks in order, counted as they pass (output bytes, usage, time to first
-        token). An upstream break is kept in ``error`` and raised; a stream that ends normally sets
-        ``completed``. The writer of each protocol's frames iterates this (:meth:`frames` is OpenAI's,
-        the Anthropic Messages route has its own)."""
+        chunk); for writers of other protocols (``/v1/messages``). When it ends normally the call is
+        already settled; an UpstreamError is recorded (``error``), settled as produced and re-raised.
+        The writer still calls :meth:`finish` at the end (a no-op after settling)."""
         try:
             while True:
                 if self._head is not None:
@@ -226,12 +231,15 @@ class ChatStream:
         except UpstreamError as exc:
             self.error = exc
             log.warning("chat_stream_cut", model=self.opened.spec.id, route=self.opened.route, error=exc.message[:200])
+            await asyncio.shield(self.finish(client_gone=False))  # charged as produced, before the client hears
             raise
         self.completed = True
+        await asyncio.shield(self.finish(client_gone=False))  # charged before the end reaches the client
 
     async def frames(self) -> AsyncIterator[bytes]:
-        """SSE frames for the client: chunks passed through as the upstream sent them, the usage
-        chunk only if the client asked, ``[DONE]`` at the end, or an error event if the upstream broke."""
+        """OpenAI SSE frames for the client: chunks passed through as the upstream sent them, the
+        usage chunk only if the client asked, ``[DONE]`` at the end, or an error event if the
+        upstream broke."""
         include_usage = self.opened.call.request.include_usage
         try:
             async for chunk in self.chunks():
@@ -241,11 +249,21 @@ class ChatStream:
         except UpstreamError as exc:
             body = {"error": {"message": f"the upstream stream broke: {exc.message}", "type": "server_error",
                               "param": None, "code": "upstream_error"}}
-            await asyncio.shield(self.finish(client_gone=False))  # charged as produced, before the event is sent
+            if self.opened.receipt:
+                yield self._receipt()
             yield b"data: " + orjson.dumps(body) + b"\n\n"
             return
-        await asyncio.shield(self.finish(client_gone=False))  # charged before [DONE] reaches the client
+        if self.opened.receipt:
+            yield self._receipt()
         yield DONE_EVENT
+
+    def _receipt(self) -> bytes:
+        usage = self.usage or self.opened.call.produced_usage(self.output_bytes)
+        body = {"object": "apiinone.receipt", "request_id": self.opened.hold.request_id,
+                "model": self.opened.spec.id, "credits": format_credits(self.opened.charged),
+                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+                "estimated": usage.estimated, "ttft_ms": self.ttft_ms}
+        return b"event: receipt\ndata: " + orjson.dumps(body) + b"\n\n"
 
     async def aclose(self) -> None:
         """Stop the upstream call (closing its iterator closes its HTTP stream)."""

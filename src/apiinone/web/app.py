@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
     app.include_router(chat.openai_router)  # before openai_compat: its routes are more general
     app.include_router(openai_compat.router)
     app.include_router(chat.router)
+    app.include_router(chat.console_router)
 
     from apiinone.web.routes import pages
 

@@ -78,6 +78,7 @@ class _ChatErrorsRoute(OpenAIErrorsRoute):
 
 openai_router = APIRouter(prefix="/v1", route_class=_ChatErrorsRoute, tags=["OpenAI-compatible"])
 router = APIRouter(prefix="/api/v1", tags=["Chat"])
+console_router = APIRouter(prefix="/console/api", include_in_schema=False)
 
 
 def _parse(raw: bytes) -> Any:
@@ -88,13 +89,14 @@ def _parse(raw: bytes) -> Any:
                                openai_code="invalid_json") from None
 
 
-async def answer_chat(request: Request, key: ApiKey | None, account: Account, route_path: str) -> Response:
+async def answer_chat(request: Request, key: ApiKey | None, account: Account, route_path: str, *,
+                      receipt: bool = False) -> Response:
     """The shared body of every chat route (also the console's playground)."""
     container = container_of(request)
     await container.rate_limits.check(key, account)
     body = _parse(await read_json_body(request))
     service = chat_service(request)
-    opened = await service.open(account, key, body, route_path)
+    opened = await service.open(account, key, body, route_path, receipt=receipt)
     if opened.stream:
         stream = await _until_disconnect(request, service.start_stream(opened), service, opened)
         if stream is None:
@@ -229,4 +231,14 @@ async def create_chat_completion(request: Request) -> Response:
     return await answer_chat(request, key, account, "/api/v1/chat/completions")
 
 
-__all__ = ["ChatAnswerResponse", "ChatStreamResponse", "answer_chat", "openai_router", "router"]
+@console_router.post("/chat/completions")
+async def playground_chat(request: Request) -> Response:
+    """The chat playground (BFF): the session's account, its CSRF token, no API key in the browser;
+    the same validation, hold and metering as ``/api/v1``, plus a ``receipt`` event (the charge)."""
+    from apiinone.web.routes.console_api import _session_for_write
+
+    account = await _session_for_write(request)
+    return await answer_chat(request, None, account, "/console/api/chat/completions", receipt=True)
+
+
+__all__ = ["ChatAnswerResponse", "ChatStreamResponse", "answer_chat", "console_router", "openai_router", "router"]
