@@ -400,3 +400,28 @@ async def test_client_gone_mid_stream_stops_the_upstream_and_pays_what_was_produ
     assert 0 < row["output_tokens"] < 200  # what was produced, not the whole answer
     assert before - await balance(server, caller.account_id) == row["input_tokens"] * IN_UCR + \
         row["output_tokens"] * OUT_UCR
+
+
+async def test_claude_code_style_request_is_accepted(server: LiveServer) -> None:
+    """What agent tools built on the SDK send: cache_control everywhere, thinking, tool results
+    with images, structured output; the canonical request passes the chat kind's strict rules."""
+    caller = await server.caller(credits=10)
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+    body = {
+        "model": "local-echo", "max_tokens": 100, "thinking": {"type": "enabled", "budget_tokens": 50},
+        "system": [{"type": "text", "text": "You are a helper.", "cache_control": {"type": "ephemeral"}}],
+        "tools": [{"name": "screenshot", "description": "Take one", "input_schema": {"type": "object",
+                                                                                    "properties": {}},
+                   "cache_control": {"type": "ephemeral"}}],
+        "output_format": {"type": "json_schema", "schema": {"type": "object"}},
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "look", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm", "signature": "sig"},
+                                              {"type": "tool_use", "id": "toolu_1", "name": "screenshot",
+                                               "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}}]}]}],
+    }
+    answer = await server.client.post("/v1/messages", json=body, headers={"x-api-key": caller.key})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["type"] == "message" and answer.json()["content"]  # local-echo calls the tool again

@@ -460,3 +460,25 @@ def test_gemini_call_ids_carry_id_and_thought_signature_back() -> None:
                                              "thoughtSignature": "c2lnbmF0dXJl+/=="}]
     assert body["contents"][2]["parts"] == [{"functionResponse": {"name": "f", "response": {"result": "done"},
                                                                   "id": "g-7"}}]
+
+
+def test_inbound_tool_result_images_follow_as_user_content_and_output_format() -> None:
+    translated = inbound.chat_body_from_messages({
+        "model": "m", "max_tokens": 10, "context_management": {"edits": []},
+        "output_format": {"type": "json_schema", "schema": {"type": "object"}},
+        "messages": [
+            {"role": "user", "content": "shoot"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "screenshot", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [
+                {"type": "text", "text": "here"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64}}]},
+                {"type": "text", "text": "what do you see?", "cache_control": {"type": "ephemeral"}}]}]})
+    messages = translated.body["messages"]
+    assert messages[2] == {"role": "tool", "tool_call_id": "t1", "content": "here"}
+    assert messages[3] == {"role": "user", "content": [
+        {"type": "text", "text": "(images returned by tool call t1)"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}},
+        {"type": "text", "text": "what do you see?"}]}
+    assert translated.body["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "output", "schema": {"type": "object"}}}
+    assert "context_management" not in translated.body

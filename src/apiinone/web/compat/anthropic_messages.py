@@ -4,12 +4,14 @@ answer and stream → Anthropic's ``message`` object and stream events. Pure fun
 Request (checked the way the Messages API checks it, errors as ``field: problem``):
 ``system`` (string or text blocks) → a system message; user text / ``image`` (base64 → ``data:``
 URL, url → http(s) URL) blocks → user content parts; ``tool_result`` blocks → ``tool`` messages
-(placed before the rest of their turn; ``is_error`` results are prefixed ``Error:``); assistant
+(placed before the rest of their turn; ``is_error`` results are prefixed ``Error:``; images in a
+result follow in the user message after the tool messages); ``output_format`` json_schema →
+``response_format`` json_schema; assistant
 text → content, ``tool_use`` → ``tool_calls``, thinking blocks dropped; ``max_tokens`` (required)
 → ``max_tokens``; ``stop_sequences`` → ``stop``; ``tools`` → function tools; ``tool_choice`` auto /
 any / tool / none → auto / required / the function / none (``disable_parallel_tool_use`` →
-``parallel_tool_calls: false``); ``metadata.user_id`` → ``user``; ``top_k``, ``thinking`` and
-``service_tier`` have no canonical equivalent and are dropped.
+``parallel_tool_calls: false``); ``metadata.user_id`` → ``user``; ``top_k``, ``thinking``,
+``service_tier`` and the other fields without a canonical equivalent are dropped.
 
 Answer: ``finish_reason`` stop → ``end_turn`` (``stop_sequence`` when the text was cut at one of the
 request's sequences is not knowable from the canonical answer, so it is ``end_turn`` too), length
@@ -30,7 +32,10 @@ from apiinone.kinds.chat.job import ChatChunk, Usage
 
 REQUEST_FIELDS = frozenset({"model", "messages", "max_tokens", "system", "temperature", "top_p", "top_k",
                             "stop_sequences", "stream", "tools", "tool_choice", "metadata", "thinking",
-                            "service_tier"})
+                            "service_tier", "output_format", "output_config", "context_management",
+                            "container", "inference_geo", "speed"})
+"""Every field of the Messages API; those with no canonical equivalent are accepted and dropped, so
+tools built on newer SDKs are not refused for sending them."""
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                 "content_filter": "refusal", "function_call": "tool_use"}
@@ -110,8 +115,11 @@ def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
                                "match any of the expected tags: 'base64', 'url'")
 
 
-def _tool_result_text(block: dict[str, Any], where: str) -> str:
+def _tool_result(block: dict[str, Any], where: str) -> tuple[str, list[dict[str, Any]]]:
+    """A tool result's text, and its images (a canonical tool message holds text only: they follow
+    in a user message)."""
     content = block.get("content")
+    images: list[dict[str, Any]] = []
     if content is None:
         text = ""
     elif isinstance(content, str):
@@ -119,17 +127,21 @@ def _tool_result_text(block: dict[str, Any], where: str) -> str:
     elif isinstance(content, list):
         texts = []
         for k, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise MessagesRequestError(f"{where}.content.{k}: only text blocks are supported in tool results")
-            texts.append(_text(part, f"{where}.content.{k}"))
+            if isinstance(part, dict) and part.get("type") == "image":
+                images.append(_image_part(part, f"{where}.content.{k}"))
+            elif isinstance(part, dict) and part.get("type") == "text":
+                texts.append(_text(part, f"{where}.content.{k}"))
+            else:
+                raise MessagesRequestError(f"{where}.content.{k}: tool results may hold text and image blocks")
         text = "\n".join(texts)
     else:
         raise MessagesRequestError(f"{where}.content: Input should be a valid string or list")
-    return f"Error: {text}" if block.get("is_error") else text
+    return (f"Error: {text}" if block.get("is_error") else text), images
 
 
 def _user_messages(blocks: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
+    result_images: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     for j, block in enumerate(blocks):
         at = f"{where}.{j}"
@@ -145,10 +157,15 @@ def _user_messages(blocks: list[dict[str, Any]], where: str) -> list[dict[str, A
             tool_use_id = block.get("tool_use_id")
             if not isinstance(tool_use_id, str) or not tool_use_id:
                 raise MessagesRequestError(f"{at}.tool_use_id: Field required")
-            results.append({"role": "tool", "tool_call_id": tool_use_id, "content": _tool_result_text(block, at)})
+            text, images = _tool_result(block, at)
+            results.append({"role": "tool", "tool_call_id": tool_use_id, "content": text})
+            if images:
+                result_images += [{"type": "text", "text": f"(images returned by tool call {tool_use_id})"},
+                                  *images]
         else:
             raise MessagesRequestError(f"{at}: content block type '{kind}' is not supported here")
     out = list(results)
+    parts = result_images + parts
     if parts:
         only_text = all(p["type"] == "text" for p in parts)
         content: Any = "\n".join(p["text"] for p in parts) if only_text and len(parts) == 1 else parts
@@ -309,6 +326,13 @@ def chat_body_from_messages(body: Any) -> InboundMessages:
                 out["parallel_tool_calls"] = False
         elif choice not in ("auto", "none"):
             raise MessagesRequestError("tool_choice: tools must be set when tool_choice forces a tool")
+    output_format = body.get("output_format")
+    if output_format is not None:
+        if not isinstance(output_format, dict) or output_format.get("type") != "json_schema" \
+                or not isinstance(output_format.get("schema"), dict):
+            raise MessagesRequestError("output_format: expected {\"type\": \"json_schema\", \"schema\": {...}}")
+        out["response_format"] = {"type": "json_schema",
+                                  "json_schema": {"name": "output", "schema": output_format["schema"]}}
     metadata = body.get("metadata")
     if metadata is not None:
         if not isinstance(metadata, dict) or set(metadata) - {"user_id"}:
