@@ -3,7 +3,7 @@
 It checks requests the way the API does (the key in ``x-api-key`` or ``Authorization: Bearer``, the
 ``anthropic-version`` header,
 required ``model`` / ``max_tokens`` / ``messages``, roles, content block shapes, image sources,
-tool_use ↔ tool_result pairing, ranges of temperature and top_p, unknown fields) and answers with
+tool_use ↔ tool_result pairing, ranges of temperature and top_p and never both, unknown fields) and answers with
 Anthropic's shapes: the ``message`` object, the SSE events ``message_start``,
 ``content_block_start``, ``ping``, ``content_block_delta`` (``text_delta``, ``input_json_delta``),
 ``content_block_stop``, ``message_delta``, ``message_stop`` and ``error``, and the error envelope
@@ -202,6 +202,8 @@ def validate(body: Any) -> dict[str, Any]:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not 0 <= value <= 1):
             raise Invalid(f"{name}: Input should be less than or equal to 1")
+    if body.get("temperature") is not None and body.get("top_p") is not None:
+        raise Invalid("`temperature` and `top_p` cannot both be specified for this model. Please use only one.")
     stops = body.get("stop_sequences")
     if stops is not None and (not isinstance(stops, list) or not all(isinstance(s, str) for s in stops)):
         raise Invalid("stop_sequences: Input should be a valid list of strings")

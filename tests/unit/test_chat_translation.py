@@ -70,7 +70,9 @@ def test_anthropic_request_roles_system_images_tools() -> None:
     assert body["tool_choice"] == {"type": "any"}
     assert body["stop_sequences"] == ["END"]
     assert body["temperature"] == 1.0  # Anthropic's range ends at 1
-    assert body["top_p"] == 0.9 and body["metadata"] == {"user_id": "u-1"}
+    assert "top_p" not in body  # current models refuse temperature and top_p together
+    assert body["metadata"] == {"user_id": "u-1"}
+    assert anthropic.messages_request(request(top_p=0.5), "c", stream=False)["top_p"] == 0.5
 
 
 @pytest.mark.parametrize(("choice", "parallel", "expected"), [
@@ -482,3 +484,7 @@ def test_inbound_tool_result_images_follow_as_user_content_and_output_format() -
     assert translated.body["response_format"] == {"type": "json_schema", "json_schema": {
         "name": "output", "schema": {"type": "object"}}}
     assert "context_management" not in translated.body
+    configured = inbound.chat_body_from_messages({"model": "m", "max_tokens": 5, "messages": [
+        {"role": "user", "content": "x"}], "output_config": {"effort": "low", "format": {
+            "type": "json_schema", "schema": {"type": "object", "properties": {}}}}})
+    assert configured.body["response_format"]["json_schema"]["schema"] == {"type": "object", "properties": {}}

@@ -4,7 +4,8 @@ Request: system/developer messages → ``system``; consecutive turns of one role
 API wants user and assistant to alternate); ``tool`` messages → ``tool_result`` blocks of a user
 turn; assistant ``tool_calls`` → ``tool_use`` blocks; ``image_url`` parts → ``image`` blocks
 (``data:`` URLs as base64 sources, http(s) as url sources); ``max_tokens`` is always sent (the
-API requires it); ``temperature`` is capped at 1 (Anthropic's range is 0–1); ``stop`` →
+API requires it); ``temperature`` is capped at 1 (Anthropic's range is 0–1), and ``top_p`` is sent
+only without it (current models refuse both); ``stop`` →
 ``stop_sequences``; ``tool_choice`` required → any; ``user`` → ``metadata.user_id``.
 ``response_format``, ``seed``, penalties and ``logprobs`` have no Anthropic equivalent and are
 dropped.
@@ -92,7 +93,7 @@ def messages_request(request: ChatRequest, upstream_model: str, *, stream: bool)
         out["system"] = "\n\n".join(system)
     if body.get("temperature") is not None:
         out["temperature"] = min(float(body["temperature"]), 1.0)
-    if body.get("top_p") is not None:
+    if body.get("top_p") is not None and "temperature" not in out:  # current models refuse both at once
         out["top_p"] = float(body["top_p"])
     stops = stop_sequences(body)
     if stops:

@@ -6,7 +6,7 @@ Request (checked the way the Messages API checks it, errors as ``field: problem`
 URL, url → http(s) URL) blocks → user content parts; ``tool_result`` blocks → ``tool`` messages
 (placed before the rest of their turn; ``is_error`` results are prefixed ``Error:``; images in a
 result follow in the user message after the tool messages); ``output_format`` json_schema →
-``response_format`` json_schema; assistant
+``response_format`` json_schema (also ``output_config.format``); assistant
 text → content, ``tool_use`` → ``tool_calls``, thinking blocks dropped; ``max_tokens`` (required)
 → ``max_tokens``; ``stop_sequences`` → ``stop``; ``tools`` → function tools; ``tool_choice`` auto /
 any / tool / none → auto / required / the function / none (``disable_parallel_tool_use`` →
@@ -33,7 +33,8 @@ from apiinone.kinds.chat.job import ChatChunk, Usage
 REQUEST_FIELDS = frozenset({"model", "messages", "max_tokens", "system", "temperature", "top_p", "top_k",
                             "stop_sequences", "stream", "tools", "tool_choice", "metadata", "thinking",
                             "service_tier", "output_format", "output_config", "context_management",
-                            "container", "inference_geo", "speed"})
+                            "container", "inference_geo", "speed", "cache_control", "diagnostics",
+                            "user_profile_id", "workspace_id"})
 """Every field of the Messages API; those with no canonical equivalent are accepted and dropped, so
 tools built on newer SDKs are not refused for sending them."""
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
@@ -326,7 +327,10 @@ def chat_body_from_messages(body: Any) -> InboundMessages:
                 out["parallel_tool_calls"] = False
         elif choice not in ("auto", "none"):
             raise MessagesRequestError("tool_choice: tools must be set when tool_choice forces a tool")
+    output_config = body.get("output_config")
     output_format = body.get("output_format")
+    if isinstance(output_config, dict) and output_config.get("format") is not None:
+        output_format = output_config["format"]
     if output_format is not None:
         if not isinstance(output_format, dict) or output_format.get("type") != "json_schema" \
                 or not isinstance(output_format.get("schema"), dict):
