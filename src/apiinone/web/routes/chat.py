@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -170,11 +171,13 @@ async def _never() -> Any:
 
 class ChatStreamResponse(Response):
     """Server-Sent Events from the upstream's chunks. A client that hangs up stops the upstream
-    call; the stream is settled exactly once, when it ends, whichever way it ends."""
+    call; the stream is settled exactly once, when it ends, whichever way it ends. ``frames`` are
+    the stream's events in another protocol's shape (default: OpenAI's, ``stream.frames()``)."""
 
-    def __init__(self, stream: ChatStream) -> None:
+    def __init__(self, stream: ChatStream, frames: AsyncIterator[bytes] | None = None) -> None:
         super().__init__(media_type="text/event-stream")
         self.stream = stream
+        self.frames = frames if frames is not None else stream.frames()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gone = asyncio.Event()
@@ -188,7 +191,7 @@ class ChatStreamResponse(Response):
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no")]})
-            async for frame in self.stream.frames():
+            async for frame in self.frames:
                 if gone.is_set():
                     return
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
