@@ -101,10 +101,14 @@ async def test_chat_calls_are_in_the_request_log(harness: AppHarness) -> None:
     r = await harness.client.post("/api/v1/chat/completions", headers=headers,
                                   json={"model": "echo", "messages": [{"role": "user", "content": "log me"}]})
     assert r.status_code == 200
+    streamed = await harness.client.post("/api/v1/chat/completions", headers=headers, json={
+        "model": "local-echo", "stream": True, "messages": [{"role": "user", "content": "stream me"}]})
+    assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
     log = (await harness.client.get("/api/v1/account/requests?type=chat", headers=headers)).json()["data"]
     assert [(e["type"], e["model"], e["status"], e["http_status"]) for e in log] == [
-        ("chat", "local-echo", "succeeded", 200)]
-    assert log[0]["output_tokens"] == r.json()["usage"]["completion_tokens"]
+        ("chat", "local-echo", "succeeded", 200)] * 2
+    assert log[1]["output_tokens"] == r.json()["usage"]["completion_tokens"] and log[1]["ttft_ms"] is None
+    assert log[0]["ttft_ms"] is not None and log[0]["output_tokens"] == estimate_tokens(len(b"stream me"))
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/v1/chat/completions"])

@@ -210,9 +210,9 @@ class ChatStream:
 
     async def chunks(self) -> AsyncIterator[ChatChunk]:
         """The upstream's chunks in order, counted as they pass (output bytes, usage, time to first
-        chunk); for writers of other protocols (``/v1/messages``). When it ends normally the call is
-        already settled; an UpstreamError is recorded (``error``), settled as produced and re-raised.
-        The writer still calls :meth:`finish` at the end (a no-op after settling)."""
+        token). An upstream break is kept in ``error`` and raised; a stream that ends normally sets
+        ``completed``. The writer of each protocol's frames iterates this (:meth:`frames` is OpenAI's,
+        the Anthropic Messages route has its own)."""
         try:
             while True:
                 if self._head is not None:
@@ -231,15 +231,12 @@ class ChatStream:
         except UpstreamError as exc:
             self.error = exc
             log.warning("chat_stream_cut", model=self.opened.spec.id, route=self.opened.route, error=exc.message[:200])
-            await asyncio.shield(self.finish(client_gone=False))  # charged as produced, before the client hears
             raise
         self.completed = True
-        await asyncio.shield(self.finish(client_gone=False))  # charged before the end reaches the client
 
     async def frames(self) -> AsyncIterator[bytes]:
-        """OpenAI SSE frames for the client: chunks passed through as the upstream sent them, the
-        usage chunk only if the client asked, ``[DONE]`` at the end, or an error event if the
-        upstream broke."""
+        """SSE frames for the client: chunks passed through as the upstream sent them, the usage
+        chunk only if the client asked, ``[DONE]`` at the end, or an error event if the upstream broke."""
         include_usage = self.opened.call.request.include_usage
         try:
             async for chunk in self.chunks():
@@ -249,10 +246,12 @@ class ChatStream:
         except UpstreamError as exc:
             body = {"error": {"message": f"the upstream stream broke: {exc.message}", "type": "server_error",
                               "param": None, "code": "upstream_error"}}
+            await asyncio.shield(self.finish(client_gone=False))  # charged as produced, before the event is sent
             if self.opened.receipt:
                 yield self._receipt()
             yield b"data: " + orjson.dumps(body) + b"\n\n"
             return
+        await asyncio.shield(self.finish(client_gone=False))  # charged before [DONE] reaches the client
         if self.opened.receipt:
             yield self._receipt()
         yield DONE_EVENT

@@ -17,7 +17,8 @@ _PRICE_LABELS = (("input_per_mtok", "chat.input_price"), ("cached_input_per_mtok
 
 def _usd(credits: Any) -> str:
     dollars = Decimal(str(credits)) / 100
-    return f"${dollars.normalize():f}" if dollars != dollars.to_integral_value() else f"${dollars:.2f}"
+    cents = dollars.quantize(Decimal("0.01"))
+    return f"${cents:f}" if cents == dollars else f"${dollars.normalize():f}"
 
 
 def chat_prices(spec: ModelSpec) -> list[tuple[str, str, str]]:
