@@ -488,3 +488,16 @@ def test_inbound_tool_result_images_follow_as_user_content_and_output_format() -
         {"role": "user", "content": "x"}], "output_config": {"effort": "low", "format": {
             "type": "json_schema", "schema": {"type": "object", "properties": {}}}}})
     assert configured.body["response_format"]["json_schema"]["schema"] == {"type": "object", "properties": {}}
+
+
+def test_base_urls_with_or_without_the_version() -> None:
+    from apiinone.upstreams.anthropic.adapter import messages_url
+    from apiinone.upstreams.gemini.adapter import models_url
+
+    assert messages_url("https://api.anthropic.com") == "https://api.anthropic.com/v1/messages"
+    assert messages_url("https://proxy.example/v1/") == "https://proxy.example/v1/messages"
+    assert messages_url("") == "https://api.anthropic.com/v1/messages"
+    assert models_url("https://generativelanguage.googleapis.com/v1beta") == \
+        "https://generativelanguage.googleapis.com/v1beta/models"
+    assert models_url("https://g.example", "v1") == "https://g.example/v1/models"
+    assert models_url("") == "https://generativelanguage.googleapis.com/v1beta/models"
