@@ -3,6 +3,7 @@ build their object graph here, from one Settings object."""
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from apiinone.ratelimit import RateLimiter
 from apiinone.services.accounts import KEYS_CHANNEL, AccountService, ApiKeyAuthenticator
 from apiinone.services.events import TASK_EVENTS_CHANNEL, TaskEvents
 from apiinone.services.metering import Metering
+from apiinone.services.speech import SpeechService
 from apiinone.services.tasks import TASKS_CHANNEL, WEBHOOKS_CHANNEL, TaskService
 from apiinone.storage import storage_from_url
 from apiinone.storage.base import Storage
@@ -58,6 +60,11 @@ class Container:
 
     def catalog_source(self) -> Catalog:
         return self.catalog
+
+    @functools.cached_property
+    def speech(self) -> SpeechService:
+        """Direct speech calls (built on first use: it only reads what is wired above)."""
+        return SpeechService(self.catalog_source, self.kinds, self.pool, self.metering)
 
     def apply_model_overrides(self, overrides: dict[str, dict[str, Any]]) -> None:
         """Admin edits (enabled, pricing) over the file catalog: the API and TaskService see them."""

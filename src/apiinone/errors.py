@@ -11,6 +11,9 @@ ApiError
 ├── IdempotencyConflict / TaskNotCancelable (409)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── RateLimited (429 rate_limited, ``retry_after`` seconds)
+├── ContentRefused (400 content_policy: the upstream refused the content of a direct call)
+├── UpstreamFailed (502 upstream_error: every route of a direct call failed)
+├── UpstreamTimedOut (504 timeout: a direct call's upstream did not answer in time)
 ├── ModelUnavailable (503 model_unavailable)
 ├── ServiceUnavailable (503 service_unavailable)
 └── InternalError (500 internal_error)
@@ -91,6 +94,18 @@ class RateLimited(ApiError):
     def __init__(self, message: str | None = None, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = max(1, retry_after)
+
+
+class ContentRefused(ApiError):
+    status, code, default_message = 400, "content_policy", "the upstream refused this content"
+
+
+class UpstreamFailed(ApiError):
+    status, code, default_message = 502, "upstream_error", "the model's upstream failed"
+
+
+class UpstreamTimedOut(ApiError):
+    status, code, default_message = 504, "timeout", "the model's upstream did not answer in time"
 
 
 class ModelUnavailable(ApiError):
