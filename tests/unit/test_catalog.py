@@ -23,7 +23,11 @@ def test_builtin_models_and_prices(builtin: Catalog) -> None:
     typeset = builtin.models["local-typeset"]
     assert (typeset.provider, typeset.pricing) == ("local-typeset", {"medium": 1, "high": 2})
     assert "not an ai model" in typeset.text("description", "en").lower()
-    assert [m.id for m in builtin.launched()] == ["gpt-image-1.5-official", "local-typeset"]
+    assert [m.id for m in builtin.launched() if m.type == "image"] == ["gpt-image-1.5-official", "local-typeset"]
+    speech = builtin.models["local-speech"]
+    assert (speech.type, speech.provider, speech.pricing) == ("speech", "local-speech", {"per_mchar": 100})
+    assert "not an ai model" in speech.text("description", "en").lower() and "zh" in speech.voices
+    assert builtin.resolve("tts-1") is builtin.models["tts-1-official"]
 
 
 @pytest.mark.parametrize("name", ["gpt-image-1.5-official", "gpt-image-1-5", "gpt-image-1.5", "GPT-Image-1-5",
@@ -67,7 +71,8 @@ api_key_env = "HOUSE_KEY"
     house = catalog.resolve("house")
     assert house is not None and house.id == "house-model" and house.api_key_env == "HOUSE_KEY"
     assert house.launched and house.enabled
-    assert {m.id for m in catalog.launched()} == {"gpt-image-1.5-official", "local-typeset", "house-model"}
+    assert {m.id for m in catalog.launched() if m.type == "image"} == {"gpt-image-1.5-official", "local-typeset",
+                                                                     "house-model"}
     assert KIND.parameters_schema(house)["properties"]["quality"]["enum"] == ["medium"]
 
 
@@ -81,7 +86,7 @@ launched = false
 id = "local-typeset"
 enabled = false
 """))
-    assert catalog.launched() == []
+    assert [m for m in catalog.launched() if m.type == "image"] == []
     assert catalog.resolve("gpt-image-1-5") is not None, "lookups still see it; the service refuses it"
 
 
@@ -120,5 +125,5 @@ def test_public_model_object(builtin: Catalog) -> None:
 def test_admin_overrides_make_a_copy(builtin: Catalog) -> None:
     changed = builtin.with_overrides({"local-typeset": {"pricing": {"medium": 5, "high": 9}, "enabled": False}})
     assert changed.models["local-typeset"].pricing == {"medium": 5, "high": 9}
-    assert [m.id for m in changed.launched()] == ["gpt-image-1.5-official"]
+    assert [m.id for m in changed.launched() if m.type == "image"] == ["gpt-image-1.5-official"]
     assert builtin.models["local-typeset"].pricing == {"medium": 1, "high": 2}
