@@ -252,7 +252,7 @@ async def test_admin_model_override_reaches_api_and_pages(harness: AppHarness, a
     assert (await admin.get("/models/local-typeset")).status_code == 404
 
     await form(admin, "/admin/models", "/admin/models/local-typeset", enabled="on", price_medium="1", price_high="2")
-    queries = harness.app.state.console.queries
+    queries = harness.container.console.queries
     assert await queries.model_overrides() == {}
     assert (await admin.get("/models/local-typeset")).status_code == 200
 
@@ -270,7 +270,7 @@ async def test_language_from_header_query_and_cookie(harness: AppHarness) -> Non
 
 
 async def test_ledger_csv_and_billing_flow(harness: AppHarness, admin: httpx.AsyncClient) -> None:
-    billing = harness.app.state.console.billing
+    billing = harness.container.console.billing
     [code] = (await billing.create_codes(count=1, amount=30 * M)).codes
     r = await form(admin, "/console/billing", "/console/billing/redeem", code=code)
     assert r.status_code == 303
@@ -343,7 +343,7 @@ async def test_credit_fields_take_exact_decimals_and_refuse_the_rest(harness: Ap
 
     r = await form(admin, "/admin/codes", "/admin/codes", count="2", credits="0.25", batch="quarter")
     assert r.status_code == 201 and "0.25" in r.text
-    [batch] = await harness.app.state.console.billing.code_batches()
+    [batch] = await harness.container.console.billing.code_batches()
     assert (batch.batch, batch.credits, batch.total) == ("quarter", 250_000, 2)
     for count, credits in [("2", bad) for bad in BAD_AMOUNTS] + [("١", "5"), ("0", "5"), ("1001", "5"), ("x", "5")]:
         r = await form(admin, "/admin/codes", "/admin/codes", count=count, credits=credits)

@@ -16,17 +16,13 @@ from dataclasses import dataclass
 import structlog
 
 from apiinone.domain.accounts import Account, ApiKey
-from apiinone.domain.catalog import Catalog, ModelSpec
+from apiinone.domain.catalog import ModelSpec
 from apiinone.errors import (
     ContentRefused,
-    Forbidden,
-    InvalidParameter,
-    ModelNotFound,
     ModelUnavailable,
     UpstreamFailed,
     UpstreamTimedOut,
 )
-from apiinone.kinds import KindRegistry
 from apiinone.kinds.speech import KIND as SPEECH
 from apiinone.kinds.speech import SpeechRequest
 from apiinone.kinds.speech.job import FORMATS, SpeechAudio, SpeechJob
@@ -60,26 +56,15 @@ class SpeechResult:
 
 
 class SpeechService:
-    def __init__(self, catalog_source: Callable[[], Catalog], kinds: KindRegistry, pool: RoutePool,
-                 metering: Metering) -> None:
-        self.catalog_source = catalog_source
-        self.kinds = kinds
+    def __init__(self, resolve_model: Callable[..., ModelSpec], pool: RoutePool, metering: Metering) -> None:
+        self.resolve_model = resolve_model
+        """``TaskService.resolve_model``: one place says which model a name is, for every kind."""
         self.pool = pool
         self.metering = metering
 
     def resolve(self, request: SpeechRequest, key: ApiKey | None) -> ModelSpec:
         """The speech model, allowed for this key, available, and able to serve this request."""
-        spec = self.catalog_source().resolve(request.model)
-        if spec is None or not spec.launched or not spec.enabled:
-            raise ModelNotFound(f"model {request.model!r} does not exist; see GET /api/v1/models", param="model")
-        if spec.type != SPEECH.name:
-            kind = self.kinds.get(spec.type)
-            where = kind.create_path if kind is not None else "its own route"
-            raise InvalidParameter(f"model {spec.id!r} is a {spec.type} model: use {where}", param="model")
-        if key is not None and not key.may_use(spec.id):
-            raise Forbidden(f"this API key may not use model {spec.id!r}")
-        if not self.pool.is_available(spec):
-            raise ModelUnavailable(f"model {spec.id!r} has no configured upstream right now")
+        spec = self.resolve_model(request.model, key=key, type_=SPEECH.name)
         SPEECH.check_for_model(spec, request, self.formats(spec))
         return spec
 
