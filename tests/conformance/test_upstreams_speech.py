@@ -1,17 +1,24 @@
-"""The ``openai`` adapter's speech call against the fake OpenAI server on loopback: the request it
-sends, the audio it returns, and how it classifies each failure (what the route pool acts on)."""
+"""Speech adapter conformance: the ``openai`` adapter's speech call against the fake OpenAI server
+on loopback, and the offline ``local-speech`` adapter against the real espeak-ng: the request sent,
+the audio returned, and how each failure is classified (``retryable`` → next route,
+``key_refused`` → next key, neither → the call fails at once), which is all the route pool reads."""
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import socket
+import stat
 import wave
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from apiinone.kinds.speech.job import SpeechJob
 from apiinone.upstreams.base import RouteTarget, UpstreamError, UpstreamTimeoutError
+from apiinone.upstreams.local_speech.espeak import LocalSpeechProvider
 from apiinone.upstreams.openai.adapter import OpenAIAdapter
 from tests.fakes.fake_openai import FakeOpenAI
 
@@ -102,3 +109,51 @@ async def test_unreachable_upstream_is_retryable(adapter: OpenAIAdapter) -> None
     with pytest.raises(UpstreamError) as raised:
         await adapter.synthesize_speech(speech_target(f"http://127.0.0.1:{port}/v1", "sk-x"), job())
     assert raised.value.retryable
+
+
+# ---------------------------------------------------------------------------------- local-speech
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None and os.environ.get("CI") != "true",
+                                  reason="espeak-ng is not installed (scripts/test.sh installs it)")
+
+
+def local_target(timeout_s: float = 30.0) -> RouteTarget:
+    return RouteTarget(model_id="local-speech", route="local-speech", provider="local-speech", base_url="",
+                       api_key=None, upstream_model="espeak-ng", timeout_s=timeout_s)
+
+
+@needs_espeak
+async def test_local_speech_success_is_real_speech() -> None:
+    provider = LocalSpeechProvider()
+    assert provider.installed and provider.speech_formats() == {"wav", "pcm"}
+    audio = await provider.synthesize_speech(local_target(), job(voice="en-us", input="-v xx; rm -rf / $(echo)"))
+    with wave.open(io.BytesIO(audio.data)) as w:  # the text is spoken, never read as options or a shell line
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 22_050)
+        assert w.getnframes() / w.getframerate() > 1.0
+
+
+@needs_espeak
+async def test_local_speech_unknown_voice_is_refused_not_retried() -> None:
+    with pytest.raises(UpstreamError) as raised:
+        await LocalSpeechProvider().synthesize_speech(local_target(), job(voice="nonexist"))
+    assert not raised.value.retryable and not raised.value.key_refused
+
+
+async def test_local_speech_overrun_is_killed_and_retryable(tmp_path: Path) -> None:
+    slow = tmp_path / "espeak-ng"  # a stand-in binary that never finishes
+    slow.write_text("#!/bin/sh\nexec sleep 60\n")
+    slow.chmod(slow.stat().st_mode | stat.S_IEXEC)
+    with pytest.raises(UpstreamTimeoutError) as raised:
+        await LocalSpeechProvider(binary=str(slow)).synthesize_speech(local_target(timeout_s=0.5), job())
+    assert raised.value.retryable
+
+
+async def test_local_speech_without_the_binary_is_not_configured() -> None:
+    provider = LocalSpeechProvider(binary="")
+    assert not provider.installed
+    with pytest.raises(UpstreamError) as raised:
+        await provider.synthesize_speech(local_target(), job())
+    assert raised.value.retryable
+    with pytest.raises(UpstreamError) as refused:  # a format it cannot make: refused at once
+        await LocalSpeechProvider().synthesize_speech(local_target(), job(response_format="mp3"))
+    assert not refused.value.retryable
