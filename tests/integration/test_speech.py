@@ -320,3 +320,22 @@ async def test_local_speech_refuses_formats_it_cannot_make(server: LiveServer) -
     error = response.json()["error"]
     assert error["param"] == "response_format" and "'wav'" in error["message"] and "'pcm'" in error["message"]
     assert (await credits_of(server, caller)).balance == 1_000_000
+
+
+async def test_key_allowlist_and_budget_apply_before_anything_is_sent(server: LiveServer, fake: FakeOpenAI) -> None:
+    caller = await server.caller(credits=10)
+    only_images = await server.container.accounts.create_api_key(caller.account_id, "images",
+                                                                allowed_models=["local-typeset"])
+    body = {"model": "tts-1", "voice": "alloy", "input": "1234567890", "response_format": "wav"}
+    refused = await server.client.post("/api/v1/audio/speech", json=body,
+                                       headers={"Authorization": f"Bearer {only_images.plaintext}"})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+    small = await server.container.accounts.create_api_key(caller.account_id, "small", credit_budget=10 * 1500)
+    headers = {"Authorization": f"Bearer {small.plaintext}"}
+    spent = await server.client.post("/api/v1/audio/speech", json=body, headers=headers)  # exactly the budget
+    assert spent.status_code == 200 and spent.headers["x-credits-charged"] == "0.015"
+    over = await server.client.post("/api/v1/audio/speech", json=body, headers=headers)
+    assert over.status_code == 402 and over.json()["error"]["code"] == "insufficient_credits"
+    assert len(fake.requests) == 1
+    credits = await credits_of(server, caller)
+    assert (credits.balance, credits.held) == (10_000_000 - 10 * 1500, 0)
