@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from apiinone.domain.accounts import Account, ApiKey
 from apiinone.domain.credits import format_credits_text
-from apiinone.errors import ApiError, InvalidJson, UpstreamFailed, UpstreamTimedOut
+from apiinone.errors import InvalidJson, UpstreamFailed, UpstreamTimedOut
 from apiinone.kinds.speech import SpeechParamError, SpeechRequest, parse_speech_request
 from apiinone.services.speech import ClientGone, SpeechResult
 from apiinone.web.deps import authenticate, container_of
@@ -106,7 +106,5 @@ async def create_speech_openai(request: Request) -> Response:
         failed = openai_error_for(exc)
         failed.headers["x-should-retry"] = "false"
         return failed
-    except ApiError:
-        raise
     response.background = _touch_task(request)
     return response
