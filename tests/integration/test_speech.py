@@ -320,6 +320,8 @@ async def test_local_speech_refuses_formats_it_cannot_make(server: LiveServer) -
     error = response.json()["error"]
     assert error["param"] == "response_format" and "'wav'" in error["message"] and "'pcm'" in error["message"]
     assert (await credits_of(server, caller)).balance == 1_000_000
+    default = await caller.post("/api/v1/audio/speech", json={"model": "local-speech", "voice": "en", "input": "hi"})
+    assert default.status_code == 200 and default.headers["content-type"] == "audio/wav"  # mp3 left out: wav
 
 
 async def test_key_allowlist_and_budget_apply_before_anything_is_sent(server: LiveServer, fake: FakeOpenAI) -> None:

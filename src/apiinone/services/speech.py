@@ -62,11 +62,13 @@ class SpeechService:
         self.pool = pool
         self.metering = metering
 
-    def resolve(self, request: SpeechRequest, key: ApiKey | None) -> ModelSpec:
-        """The speech model, allowed for this key, available, and able to serve this request."""
+    def resolve(self, request: SpeechRequest, key: ApiKey | None) -> tuple[ModelSpec, SpeechRequest]:
+        """The speech model (allowed for this key, available) and the request settled for it."""
         spec = self.resolve_model(request.model, key=key, type_=SPEECH.name)
-        SPEECH.check_for_model(spec, request, self.formats(spec))
-        return spec
+        formats = self.formats(spec)
+        request = SPEECH.for_model(request, formats)
+        SPEECH.check_for_model(spec, request, formats)
+        return spec, request
 
     def formats(self, spec: ModelSpec) -> frozenset[str]:
         """The formats every configured route of the model can produce (so failover never lands on a
@@ -87,7 +89,7 @@ class SpeechService:
     async def speak(self, account: Account, key: ApiKey | None, request: SpeechRequest, *,
                     client_gone: asyncio.Event | None = None) -> SpeechResult:
         """Raises the API error to answer (nothing charged), or ClientGone; else the audio, charged."""
-        spec = self.resolve(request, key)
+        spec, request = self.resolve(request, key)
         price = self.price(spec, request)
         hold = await self.metering.open_direct(account, key, price)  # InsufficientCredits: nothing held
         job = SPEECH.job_for(request, spec.upstream_model)

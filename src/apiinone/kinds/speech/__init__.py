@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from apiinone.domain.catalog import ModelSpec
@@ -45,6 +45,9 @@ class SpeechRequest:
     response_format: str = "mp3"
     speed: float = 1.0
     instructions: str | None = None
+    format_given: bool = True
+    """False when the request left ``response_format`` out: a model that cannot make mp3 answers in
+    its first format instead (``wav`` for local-speech) rather than refusing the default."""
 
     @property
     def characters(self) -> int:
@@ -95,7 +98,8 @@ def parse_speech_request(fields: Mapping[str, Any]) -> SpeechRequest:
             f"Invalid 'input': string too long. Expected a string with maximum length {MAX_INPUT_CHARS}, "
             f"but got a string with length {len(text)} instead.", param="input",
             openai_code="string_above_max_length")
-    response_format = _string(fields, "response_format", required=False) or "mp3"
+    given_format = _string(fields, "response_format", required=False)
+    response_format = given_format or "mp3"
     if response_format not in FORMATS:
         raise _invalid_value("response_format", response_format, FORMATS)
     instructions = _string(fields, "instructions", required=False)
@@ -120,7 +124,7 @@ def parse_speech_request(fields: Mapping[str, Any]) -> SpeechRequest:
         raise SpeechParamError(f"Invalid 'speed': decimal above maximum value. Expected a value <= {MAX_SPEED:g}, "
                                f"but got {speed:g} instead.", param="speed", openai_code="decimal_above_max_value")
     return SpeechRequest(model=model, input=text, voice=voice, response_format=response_format,
-                         speed=float(speed), instructions=instructions or None)
+                         speed=float(speed), instructions=instructions or None, format_given=given_format is not None)
 
 
 class SpeechKind:
@@ -136,6 +140,13 @@ class SpeechKind:
     def price_ucr(self, spec: ModelSpec, characters: int) -> int:
         """µcr for ``characters``: exactly characters × N for a whole-credit N, else rounded up."""
         return cost_per_mchar(characters, credits_to_ucr(spec.pricing["per_mchar"]))
+
+    def for_model(self, request: SpeechRequest, formats: Collection[str]) -> SpeechRequest:
+        """The request with its default format settled for a model that produces ``formats``."""
+        if request.format_given or request.response_format in formats:
+            return request
+        fallback = next((f for f in ("wav", *FORMATS) if f in formats), request.response_format)
+        return replace(request, response_format=fallback)
 
     def check_for_model(self, spec: ModelSpec, request: SpeechRequest, formats: Collection[str]) -> None:
         """The rules that depend on the model: its voices, and the formats its routes produce."""
@@ -168,8 +179,9 @@ class SpeechKind:
                 "voice": {"type": "string", **({"enum": list(spec.voices)} if spec.voices else {}),
                           "description": "One of the model's voices"},
                 "response_format": {"type": "string", "enum": list(FORMATS), "default": "mp3",
-                                    "description": "Audio format (only those the model's routes can produce: "
-                                                   "see the 400 otherwise); content types "
+                                    "description": "Audio format (only those the model's routes can produce, "
+                                                   "else 400; left out: mp3, or wav where the model makes no "
+                                                   "mp3); content types "
                                                    + ", ".join(f"{k} = {v}" for k, v in CONTENT_TYPES.items())},
                 "speed": {"type": "number", "minimum": MIN_SPEED, "maximum": MAX_SPEED, "default": 1.0},
                 "instructions": {"type": "string", "maxLength": MAX_INSTRUCTIONS_CHARS,
