@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from apiinone.services.events import TaskEvents
 from apiinone.services.metering import Metering
 from apiinone.services.routes import RouteStatusService
 from apiinone.services.sessions import LoginThrottle, SessionService
+from apiinone.services.speech import SpeechService
 from apiinone.services.tasks import TaskService
 from apiinone.storage import storage_from_url
 from apiinone.storage.base import Storage
@@ -86,6 +88,11 @@ class Container:
 
     def catalog_source(self) -> Catalog:
         return self.catalog
+
+    @functools.cached_property
+    def speech(self) -> SpeechService:
+        """Direct speech calls (built on first use: it only reads what is wired above)."""
+        return SpeechService(self.tasks.resolve_model, self.pool, self.metering)
 
     async def refresh_model_overrides(self) -> None:
         overrides = await self.console.queries.model_overrides()

@@ -12,6 +12,8 @@ ApiError
 ├── PayloadTooLarge (413 payload_too_large)
 ├── RateLimited (429 rate_limited, ``retry_after`` seconds)
 ├── UpstreamFailed (502 upstream_error / 504 timeout / 400 content_policy: a direct call's upstream failed)
+├── ContentRefused (400 content_policy: the upstream refused the content of a direct call)
+├── UpstreamTimedOut (504 timeout: a direct call's upstream did not answer in time)
 ├── ModelUnavailable (503 model_unavailable)
 ├── ServiceUnavailable (503 service_unavailable)
 └── InternalError (500 internal_error)
@@ -104,6 +106,12 @@ class UpstreamFailed(ApiError):
         super().__init__(message)
         self.code = code
         self.status = status
+class ContentRefused(ApiError):
+    status, code, default_message = 400, "content_policy", "the upstream refused this content"
+
+
+class UpstreamTimedOut(ApiError):
+    status, code, default_message = 504, "timeout", "the model's upstream did not answer in time"
 
 
 class ModelUnavailable(ApiError):

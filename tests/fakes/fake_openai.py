@@ -1,4 +1,4 @@
-"""A protocol-faithful fake of OpenAI's Images API, served over real HTTP on loopback.
+"""A protocol-faithful fake of OpenAI's Images API (and its speech endpoint, :mod:`.openai_speech`), served over real HTTP on loopback.
 
 Tests and benchmarks need an upstream that behaves like OpenAI at the wire level (status codes,
 error bodies, multipart parsing, keep-alive) without the network or the bill, so this is a real
@@ -40,8 +40,13 @@ from PIL import Image
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+try:
+    from tests.fakes import openai_speech
+except ImportError:  # run as a script: this folder is on sys.path
+    import openai_speech  # type: ignore[no-redef]
 
 DEFAULT_API_KEY = "sk-test-fake-openai-key"
 REALISTIC_PNG_BYTES = 1_600_000
@@ -579,6 +584,26 @@ def build_app(state: FakeState) -> Starlette:
 
         return await answer(request, rec, handle)
 
+    async def speech(request: Request) -> Response:
+        raw = await request.body()
+        rec = RecordedRequest("POST", request.url.path, dict(request.headers))
+        try:
+            payload = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            payload = None
+        rec.json = payload
+
+        async def handle() -> Response:
+            try:
+                accepted = openai_speech.validate_speech(payload)
+            except openai_speech.SpeechInvalid as exc:
+                raise _Invalid(exc.body) from None
+            audio = openai_speech.audio_for(accepted)
+            return StreamingResponse(openai_speech.chunked(audio),
+                                     media_type=openai_speech.CONTENT_TYPES[accepted["response_format"]])
+
+        return await answer(request, rec, handle)
+
     def _model_obj(model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": 1_700_000_000, "owned_by": "system"}
 
@@ -687,6 +712,7 @@ def build_app(state: FakeState) -> Starlette:
     routes = [
         Route("/v1/images/generations", generations, methods=["POST"]),
         Route("/v1/images/edits", edits, methods=["POST"]),
+        Route("/v1/audio/speech", speech, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/_fake/fail_next", ctl_fail_next, methods=["POST"]),

@@ -24,7 +24,11 @@ def test_builtin_models_and_prices(builtin: Catalog) -> None:
     assert (typeset.provider, typeset.pricing) == ("local-typeset", {"medium": 1, "high": 2})
     assert "not an ai model" in typeset.text("description", "en").lower()
     launched = [m.id for m in builtin.launched()]
-    assert launched[:2] == ["gpt-image-1.5-official", "local-typeset"]
+    assert [m.id for m in builtin.launched() if m.type == "image"] == ["gpt-image-1.5-official", "local-typeset"]
+    speech = builtin.models["local-speech"]
+    assert (speech.type, speech.provider, speech.pricing) == ("speech", "local-speech", {"per_mchar": 100})
+    assert "not an ai model" in speech.text("description", "en").lower() and "zh" in speech.voices
+    assert builtin.resolve("tts-1") is builtin.models["tts-1-official"]
     assert {"local-echo", "gpt-4o", "gpt-4.1-mini", "claude-sonnet-4-5", "gemini-2.5-flash"} <= set(launched)
 
 
@@ -94,7 +98,7 @@ api_key_env = "HOUSE_KEY"
     assert house is not None and house.id == "house-model" and house.api_key_env == "HOUSE_KEY"
     assert house.launched and house.enabled
     assert {m.id for m in catalog.launched() if m.type == "image"} == {"gpt-image-1.5-official", "local-typeset",
-                                                                 "house-model"}
+                                                                     "house-model"}
     assert KIND.parameters_schema(house)["properties"]["quality"]["enum"] == ["medium"]
 
 

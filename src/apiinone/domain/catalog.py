@@ -108,6 +108,8 @@ class ModelSpec:
             public["max_output_tokens"] = self.max_output_tokens
         if self.durations:
             public["durations"] = list(self.durations)
+        if self.voices:
+            public["voices"] = list(self.voices)
         return public
 
 

@@ -115,9 +115,10 @@ class RoutePool:
         return tuple(k for k in route.keys if k not in refused)
 
     def is_configured(self, route: ResolvedRoute) -> bool:
-        """It has an adapter, and a key that was not refused (or needs none)."""
+        """It has an adapter that can run here (an offline one may need a program installed: its
+        ``installed`` is false without it), and a key that was not refused (or needs none)."""
         adapter = self.adapters.get(route.provider)
-        if adapter is None:
+        if adapter is None or not getattr(adapter, "installed", True):
             return False
         return not getattr(adapter, "needs_key", True) or bool(self.usable_keys(route))
 

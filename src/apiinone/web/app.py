@@ -68,6 +68,10 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
     app.include_router(openai_compat.router)
     app.include_router(chat.router)
     app.include_router(chat.console_router)
+    from apiinone.web.routes import speech
+
+    app.include_router(speech.api_router)
+    app.include_router(speech.compat_router)
 
     from apiinone.web.routes import pages
 

@@ -29,6 +29,7 @@ from apiinone.services.accounts import normalize_email
 from apiinone.services.billing import OrderStateConflict, RedemptionFailed
 from apiinone.services.sessions import SESSION_COOKIE
 from apiinone.services.webhooks import DeliveryService
+from apiinone.web import model_pages
 from apiinone.web.deps import base_url_of
 from apiinone.web.routes.admin_api import node_health
 from apiinone.web.routes.pages import (
@@ -173,8 +174,12 @@ async def overview(request: Request) -> Response:
 
 
 def _thumbnail(output: dict[str, Any] | None) -> str | None:
+    """The picture for a task's row: its first image, or a video's thumbnail."""
     images = (output or {}).get("images") or []
-    return str(images[0]["url"]) if images else None
+    if images:
+        return str(images[0]["url"])
+    thumbnail = (output or {}).get("thumbnail")
+    return str(thumbnail["url"]) if isinstance(thumbnail, dict) and thumbnail.get("url") else None
 
 
 # --- API keys -------------------------------------------------------------------------------
@@ -473,21 +478,12 @@ def _parameters(container: Container, spec: ModelSpec, page: Page) -> list[dict[
     return rows
 
 
-def curl_example(spec: ModelSpec, base_url: str) -> str:
-    body = {"model": spec.aliases[0] if spec.aliases else spec.id, "prompt": EXAMPLE_PROMPT,
-            "quality": "medium" if "medium" in spec.pricing else next(iter(spec.pricing)), "aspect_ratio": "1:1"}
-    pretty = orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()
-    return (f"curl -X POST {base_url}/api/v1/images/generations \\\n"
-            '  -H "Authorization: Bearer aio_your_api_key" \\\n'
-            '  -H "Content-Type: application/json" \\\n'
-            f"  --data-raw '{pretty}'")
-
-
 @router.get("/models")
 async def models_page(request: Request) -> Response:
     page = await load_page(request)
     container = page.container
-    models = [(m, container.pool.is_available(m)) for m in container.catalog.launched()]
+    models = [(m, container.pool.is_available(m), model_pages.price_summary(m, page.t))
+              for m in container.catalog.launched()]
     return render(page, "models/list.html", section="models", models=models)
 
 
@@ -522,7 +518,9 @@ async def model_page(request: Request, model_id: str) -> Response:
                            for f in spec.faq],
                       same_endpoint=same_endpoint, credits=credits,
                       **chat_page_context(spec, base_url_of(request)))
-    base_price = min(spec.pricing.values())
+    kind = container.kinds.get(spec.type)
+    create_path = kind.create_path if kind is not None else "/api/v1/models"
+    speech_formats = container.speech.formats(spec) if spec.type == "speech" else None
     return render(page, "models/detail.html", section="models", spec=spec,
                   available=available,
                   description=spec.text("description", page.lang) or "",
@@ -530,10 +528,18 @@ async def model_page(request: Request, model_id: str) -> Response:
                   use_cases=spec.text("use_cases", page.lang) or [],
                   faq=[{"q": _lang_text(f.get("q", {}), page.lang), "a": _lang_text(f.get("a", {}), page.lang)}
                        for f in spec.faq],
-                  parameters=_parameters(container, spec, page), curl=curl_example(spec, base_url_of(request)),
+                  parameters=_parameters(container, spec, page),
+                  curl=model_pages.curl_example(spec, base_url_of(request), create_path, EXAMPLE_PROMPT,
+                                               speech_formats),
                   same_endpoint=same_endpoint, related=related, nodes=nodes, credits=credits,
-                  base_price=base_price, aspect_ratios=ASPECT_RATIOS,
-                  pricing_json=orjson.dumps(spec.pricing).decode())
+                  base_price=model_pages.base_price_ucr(spec), aspect_ratios=ASPECT_RATIOS,
+                  pricing_json=orjson.dumps(spec.pricing).decode(),
+                  pricing_ucr_json=model_pages.pricing_ucr_json(spec), create_path=create_path,
+                  price_rows=model_pages.price_rows(spec, page.t), facts=model_pages.facts(spec, speech_formats),
+                  speech_examples=model_pages.speech_price_examples(spec) if spec.type == "speech" else [],
+                  playground=spec.type if spec.type in model_pages.PLAYGROUNDS else None,
+                  billing_key=model_pages.BILLING_KEYS.get(spec.type, "model.billing_value"),
+                  queued=kind is None or kind.queued)
 
 
 def _lang_text(texts: dict[str, str], lang: str) -> str:

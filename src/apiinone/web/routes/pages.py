@@ -44,10 +44,12 @@ log = structlog.get_logger(__name__)
 
 PRE_SESSION_COOKIE = "aio_pre"
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-# Pages load only their own script and styles; images may come from object storage or a CDN.
+# Pages load only their own script and styles; images, audio and video may come from object storage
+# or a CDN, and the speech playground plays the audio it received from a blob: URL.
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: https: http:; script-src 'self'; "
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: https: http:; "
+                               "media-src 'self' blob: https: http:; script-src 'self'; "
                                "style-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'self'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
