@@ -13,17 +13,21 @@ import httpx
 from apiinone.config import Settings
 from apiinone.db.database import Database
 from apiinone.db.route_health import SqlRouteHealthStore
-from apiinone.domain.catalog import Catalog, ModelSpec
+from apiinone.domain.catalog import Catalog, ModelSpec, RouteSpec
+from apiinone.domain.routes import StoredRoute, merge_routes
 from apiinone.kinds import KindRegistry
 from apiinone.net.egress import EgressPolicy, guarded_transport
 from apiinone.ratelimit import RateLimiter
+from apiinone.sealing import SecretBox
 from apiinone.services.accounts import KEYS_CHANNEL, AccountService, ApiKeyAuthenticator
 from apiinone.services.events import TASK_EVENTS_CHANNEL, TaskEvents
 from apiinone.services.metering import Metering
+from apiinone.services.routes import RouteRefresher, RouteService
 from apiinone.services.tasks import TASKS_CHANNEL, WEBHOOKS_CHANNEL, TaskService
 from apiinone.storage import storage_from_url
 from apiinone.storage.base import Storage
 from apiinone.storage.s3 import S3Options
+from apiinone.telemetry.tracing import Tracer, tracer_from_settings
 from apiinone.upstreams.breaker import ROUTES_CHANNEL, BreakerBoard
 from apiinone.upstreams.pool import RouteDefaults, RoutePool
 from apiinone.upstreams.registry import AdapterRegistry
@@ -55,15 +59,44 @@ class Container:
     worker: TaskWorker | None = None
     task_finished_hooks: list[Callable[..., None]] = field(default_factory=list)
     base_catalog: Catalog | None = None
+    routes: RouteService | None = None
+    tracer: Tracer | None = None
+    route_refresher: RouteRefresher | None = None
+    _model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _stored_routes: list[StoredRoute] = field(default_factory=list)
+    _merged_routes: dict[str, tuple[RouteSpec, ...]] = field(default_factory=dict)
 
     def catalog_source(self) -> Catalog:
         return self.catalog
 
-    def apply_model_overrides(self, overrides: dict[str, dict[str, Any]]) -> None:
-        """Admin edits (enabled, pricing) over the file catalog: the API and TaskService see them."""
+    def file_catalog(self) -> Catalog:
+        """The catalog file's models with the admin's model overrides, before console routes."""
         if self.base_catalog is None:
             self.base_catalog = self.catalog
-        self.catalog = self.base_catalog.with_overrides(overrides)
+        return self.base_catalog.with_overrides(self._model_overrides)
+
+    def _rebuild_catalog(self) -> None:
+        self.catalog = self.file_catalog().with_routes(self._merged_routes)
+
+    def apply_model_overrides(self, overrides: dict[str, dict[str, Any]]) -> None:
+        """Admin edits (enabled, pricing) over the file catalog: the API and TaskService see them."""
+        self._model_overrides = overrides
+        self._rebuild_catalog()
+
+    def apply_stored_routes(self, rows: list[StoredRoute]) -> None:
+        """Routes made in the console, merged with the file's: the pool serves them from now on.
+        Merged once per change, so the pool's per-route state stays with the same route objects."""
+        file_models = self.file_catalog().models
+        by_model: dict[str, list[StoredRoute]] = {}
+        for row in rows:
+            by_model.setdefault(row.model_id, []).append(row)
+        self._stored_routes = rows
+        self._merged_routes = {model_id: merge_routes(file_models[model_id].effective_routes(), model_rows)
+                               for model_id, model_rows in by_model.items() if model_id in file_models}
+        self._rebuild_catalog()
+
+    def stored_routes(self) -> list[StoredRoute]:
+        return list(self._stored_routes)
 
     def model_public(self, spec: ModelSpec) -> dict[str, Any]:
         kind = self.kinds.get(spec.type)
@@ -104,8 +137,15 @@ class Container:
             await listener.start()
             self.listeners.append(listener)
         await self.breakers.start()
+        if self.route_refresher is not None:
+            await self.route_refresher.start()
 
     async def aclose(self) -> None:
+        shutdown = getattr(self.tracer, "shutdown", None)
+        if shutdown is not None:
+            shutdown()  # flush the last spans
+        if self.route_refresher is not None:
+            await self.route_refresher.stop()
         for listener in self.listeners:
             await listener.stop()
         await self.breakers.stop()
@@ -124,7 +164,9 @@ def build_container(settings: Settings) -> Container:
     adapters = AdapterRegistry(settings)
     breakers = BreakerBoard(SqlRouteHealthStore(db), failures=settings.breaker_failures,
                             cooldown_s=settings.breaker_cooldown_s, sync_s=settings.breaker_sync_s)
+    tracer = tracer_from_settings(settings)
     pool = RoutePool(adapters, breakers, attempts=settings.route_attempts, backoff_s=settings.route_backoff_s,
+                     tracer=tracer,
                      defaults=RouteDefaults(base_urls={"openai": settings.openai_base_url},
                                             keys={"openai": settings.openai_api_key},
                                             timeout_s=settings.openai_timeout_s))
@@ -134,7 +176,8 @@ def build_container(settings: Settings) -> Container:
     task_wakeup = Wakeup()
     webhook_wakeup = Wakeup()
     container = Container(
-        settings=settings, db=db, catalog=catalog, kinds=kinds, adapters=adapters, breakers=breakers, pool=pool,
+        settings=settings, db=db, catalog=catalog, base_catalog=catalog, kinds=kinds, adapters=adapters,
+        breakers=breakers, pool=pool,
         storage=storage_from_url(settings.resolved_storage_url, s3=S3Options.from_settings(settings),
                                  fsync=settings.storage_fsync),
         egress=egress, fetch_client=fetch_client,
@@ -152,6 +195,16 @@ def build_container(settings: Settings) -> Container:
         for hook in container.task_finished_hooks:
             hook(task)
 
+    box = SecretBox(settings.resolved_secret_key())
+    container.tracer = tracer
+    container.route_refresher = RouteRefresher(db, box, container.apply_stored_routes)
+
+    async def routes_changed() -> None:
+        assert container.route_refresher is not None
+        await container.route_refresher.refresh(force=True)
+
+    container.routes = RouteService(db, box, file_catalog=container.file_catalog,
+                                    providers=adapters.names, on_change=routes_changed)
     container.tasks = TaskService(
         db, container.catalog_source, is_available=pool.is_available, base_url=container.base_url,
         on_task_created=task_wakeup.set, on_task_finished=on_task_finished, metering=container.metering,

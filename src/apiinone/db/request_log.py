@@ -3,9 +3,10 @@ first by id (a time-ordered ``req_`` ULID, so the id is the cursor) and summed f
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
-from sqlalchemy import case, func, insert, select
+from sqlalchemy import case, delete, func, insert, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -58,7 +59,8 @@ class RequestLogRepository:
         ]
 
     async def list(self, account_id: str, *, limit: int, before_id: str | None = None,
-                   model: str | None = None, type: str | None = None) -> list[RequestLogEntry]:
+                   model: str | None = None, type: str | None = None, status: str | None = None,
+                   key_prefix: str | None = None) -> list[RequestLogEntry]:
         stmt = select(t.request_log).where(_R.account_id == account_id)
         if before_id is not None:
             stmt = stmt.where(_R.id < before_id)
@@ -66,5 +68,59 @@ class RequestLogRepository:
             stmt = stmt.where(_R.model == model)
         if type is not None:
             stmt = stmt.where(_R.type == type)
+        if status is not None:
+            stmt = stmt.where(_R.status == status)
+        if key_prefix is not None:
+            stmt = stmt.where(_R.key_prefix == key_prefix)
         stmt = stmt.order_by(_R.id.desc()).limit(limit)
         return [_entry_from_row(r) for r in (await self.conn.execute(stmt)).mappings()]
+
+    async def key_prefixes(self, account_id: str, *, since_ms: int) -> builtins.list[str]:
+        """The keys an account used lately (the console's key filter)."""
+        stmt = (select(_R.key_prefix).where(_R.account_id == account_id, _R.created_at >= since_ms,
+                                            _R.key_prefix.is_not(None))
+                .group_by(_R.key_prefix).order_by(_R.key_prefix).limit(200))
+        return [str(p) for p in (await self.conn.execute(stmt)).scalars()]
+
+    # --- across accounts (admin) -----------------------------------------------------------------
+
+    async def top_accounts(self, *, start_ms: int, end_ms: int, limit: int) -> builtins.list[dict[str, Any]]:
+        """Accounts by credits charged in the window, with their request and failure counts."""
+        credits = func.sum(_R.credits).label("credits")
+        stmt = (
+            select(_R.account_id, t.accounts.c.email, func.count().label("requests"),
+                   func.sum(case((_R.status == "failed", 1), else_=0)).label("failed"), credits)
+            .join(t.accounts, t.accounts.c.id == _R.account_id)
+            .where(_R.created_at >= start_ms, _R.created_at < end_ms)
+            .group_by(_R.account_id, t.accounts.c.email).order_by(credits.desc(), _R.account_id).limit(limit)
+        )
+        return [dict(r) for r in (await self.conn.execute(stmt)).mappings()]
+
+    async def by_model_all(self, *, start_ms: int, end_ms: int, limit: int) -> builtins.list[dict[str, Any]]:
+        """Models by requests in the window: counts, failures, credits, median-free latency mean."""
+        requests = func.count().label("requests")
+        stmt = (
+            select(_R.model, _R.type, requests,
+                   func.sum(case((_R.status == "failed", 1), else_=0)).label("failed"),
+                   func.sum(_R.credits).label("credits"), func.avg(_R.latency_ms).label("latency_ms_avg"))
+            .where(_R.created_at >= start_ms, _R.created_at < end_ms)
+            .group_by(_R.model, _R.type).order_by(requests.desc(), _R.model).limit(limit)
+        )
+        return [dict(r) for r in (await self.conn.execute(stmt)).mappings()]
+
+    async def by_route_all(self, *, start_ms: int, end_ms: int, limit: int) -> builtins.list[dict[str, Any]]:
+        requests = func.count().label("requests")
+        stmt = (
+            select(_R.model, _R.route, requests,
+                   func.sum(case((_R.status == "failed", 1), else_=0)).label("failed"),
+                   func.sum(_R.credits).label("credits"))
+            .where(_R.created_at >= start_ms, _R.created_at < end_ms)
+            .group_by(_R.model, _R.route).order_by(requests.desc(), _R.model).limit(limit)
+        )
+        return [dict(r) for r in (await self.conn.execute(stmt)).mappings()]
+
+    async def purge_before(self, cutoff_ms: int, *, batch: int = 10_000) -> int:
+        """Delete rows older than ``cutoff_ms``, at most ``batch`` of them (call until it returns 0)."""
+        ids = select(_R.id).where(_R.created_at < cutoff_ms).order_by(_R.created_at).limit(batch)
+        result = await self.conn.execute(delete(t.request_log).where(_R.id.in_(ids.scalar_subquery())))
+        return int(result.rowcount or 0)

@@ -140,8 +140,11 @@ request_log = Table(
     Column("task_id", String(40), nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Index("ix_request_log_account_id", "account_id", "id"),
-    Index("ix_request_log_account_created", "account_id", "created_at"),
+    # usage sums read only this index on PostgreSQL (an index-only scan over a year of rows)
+    Index("ix_request_log_usage", "account_id", "created_at",
+          postgresql_include=["status", "credits", "model", "key_prefix", "input_tokens", "output_tokens"]),
     Index("ix_request_log_account_model", "account_id", "model", "id"),
+    Index("ix_request_log_created", "created_at"),
 )
 
 idempotency_keys = Table(
@@ -271,10 +274,42 @@ route_health = Table(
     Column("updated_at", BigInteger, nullable=False),
 )
 
+upstream_routes = Table(
+    "upstream_routes",
+    metadata,
+    Column("id", String(40), primary_key=True),  # rte_<ulid>
+    Column("model_id", String(100), nullable=False),
+    Column("name", String(100), nullable=False),  # a catalog route of this name is replaced by this row
+    Column("provider", String(40), nullable=False),
+    Column("base_url", String(500), nullable=True),
+    Column("upstream_model", String(200), nullable=True),
+    Column("keys_encrypted", Text, nullable=True),  # Fernet token of the comma-separated keys
+    Column("key_hint", String(8), nullable=True),  # last 4 characters of each key, for the console
+    Column("priority", Integer, nullable=False, default=0),
+    Column("weight", Integer, nullable=False, default=1),
+    Column("timeout_s", Integer, nullable=True),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    UniqueConstraint("model_id", "name", name="uq_upstream_routes_model_name"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", String(40), primary_key=True),  # aud_<ulid>: time-ordered, the paging cursor
+    Column("actor_id", String(40), nullable=True),  # the admin; null for the command line
+    Column("action", String(60), nullable=False),  # route.create, model.update, credits.grant, ...
+    Column("target", String(200), nullable=False),
+    Column("detail", Text, nullable=True),  # JSON; never a key
+    Column("created_at", BigInteger, nullable=False),
+)
+
 __all__ = [
     "UniqueConstraint",
     "accounts",
     "api_keys",
+    "audit_log",
     "idempotency_keys",
     "ledger_entries",
     "metadata",
@@ -284,6 +319,7 @@ __all__ = [
     "request_log",
     "route_health",
     "tasks",
+    "upstream_routes",
     "web_sessions",
     "webhook_attempts",
     "webhook_deliveries",

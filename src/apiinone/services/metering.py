@@ -28,6 +28,7 @@ from apiinone.domain.credits import LedgerKind, format_credits_text
 from apiinone.domain.usage import REQUEST_STATUSES, RequestLogEntry
 from apiinone.errors import InsufficientCredits
 from apiinone.ids import new_id, now_ms
+from apiinone.telemetry.metrics import observe_request
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ class Metering:
             ttft_ms=record.ttft_ms, task_id=record.task_id, created_at=now,
         )
         await uow.requests.add(entry)
+        uow.on_commit(lambda: observe_request(entry.type, entry.model, entry.status, entry.credits, entry.latency_ms))
         return entry.id
 
     # --- direct calls: each step is its own transaction ----------------------------------------

@@ -57,6 +57,10 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
         docs_url=None, redoc_url=None,  # /docs: web/routes/reference.py, from vendored assets
     )
     app.state.container = container
+    if container.tracer is not None and container.tracer.enabled:
+        from apiinone.telemetry.tracing import TracingMiddleware
+
+        app.add_middleware(TracingMiddleware, tracer=container.tracer)
     app.state.on_start = []
     app.state.on_stop = []
     _install_error_handlers(app)

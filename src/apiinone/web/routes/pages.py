@@ -296,7 +296,7 @@ async def refresh_model_overrides(container: Container, queries: ConsoleQueries)
 
 def install(app: FastAPI) -> None:
     """Mount the console, admin and model pages, their static files and their error pages."""
-    from apiinone.web.routes import admin, console, console_api
+    from apiinone.web.routes import admin, admin_usage, console, console_api, console_usage
 
     container: Container = app.state.container
     settings = container.settings
@@ -311,6 +311,8 @@ def install(app: FastAPI) -> None:
     app.include_router(console.router)
     app.include_router(console_api.router)
     app.include_router(admin.router)
+    app.include_router(console_usage.router)
+    app.include_router(admin_usage.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     refresher: dict[str, asyncio.Task[None]] = {}

@@ -1,0 +1,68 @@
+"""console routes, audit log, usage indexes
+
+``upstream_routes`` holds the routes an admin makes in the console (keys encrypted with the
+instance's secret key); they merge with the catalog file's routes. ``audit_log`` records every
+admin change. ``request_log`` gains an index on ``created_at`` (retention purge, the admin's
+cross-account usage), and its (account, time) index becomes covering on PostgreSQL, so one
+account's usage over a year is an index-only scan.
+
+Revision ID: 0004_routes_audit_usage
+Revises: 0003_micro_credits
+Create Date: 2026-12-01
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004_routes_audit_usage"
+down_revision = "0003_micro_credits"
+branch_labels = None
+depends_on = None
+
+USAGE_INCLUDE = ["status", "credits", "model", "key_prefix", "input_tokens", "output_tokens"]
+
+
+def upgrade() -> None:
+    op.create_table(
+        "upstream_routes",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("model_id", sa.String(length=100), nullable=False),
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("provider", sa.String(length=40), nullable=False),
+        sa.Column("base_url", sa.String(length=500), nullable=True),
+        sa.Column("upstream_model", sa.String(length=200), nullable=True),
+        sa.Column("keys_encrypted", sa.Text(), nullable=True),
+        sa.Column("key_hint", sa.String(length=8), nullable=True),
+        sa.Column("priority", sa.Integer(), nullable=False),
+        sa.Column("weight", sa.Integer(), nullable=False),
+        sa.Column("timeout_s", sa.Integer(), nullable=True),
+        sa.Column("enabled", sa.Boolean(), nullable=False),
+        sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_upstream_routes")),
+        sa.UniqueConstraint("model_id", "name", name="uq_upstream_routes_model_name"),
+    )
+    op.create_table(
+        "audit_log",
+        sa.Column("id", sa.String(length=40), nullable=False),
+        sa.Column("actor_id", sa.String(length=40), nullable=True),
+        sa.Column("action", sa.String(length=60), nullable=False),
+        sa.Column("target", sa.String(length=200), nullable=False),
+        sa.Column("detail", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_log")),
+    )
+    op.create_index("ix_request_log_created", "request_log", ["created_at"])
+    op.create_index("ix_request_log_usage", "request_log", ["account_id", "created_at"],
+                    postgresql_include=USAGE_INCLUDE)
+    op.drop_index("ix_request_log_account_created", table_name="request_log")
+
+
+def downgrade() -> None:
+    op.create_index("ix_request_log_account_created", "request_log", ["account_id", "created_at"])
+    op.drop_index("ix_request_log_usage", table_name="request_log")
+    op.drop_index("ix_request_log_created", table_name="request_log")
+    op.drop_table("audit_log")
+    op.drop_table("upstream_routes")
