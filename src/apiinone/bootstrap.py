@@ -155,7 +155,8 @@ class Container:
         await self.db.dispose()
 
 
-def build_container(settings: Settings) -> Container:
+def build_container(settings: Settings, *, tracer: Tracer | None = None) -> Container:
+    """``tracer``: spans go there (tests pass an in-memory one); default from OTEL_* settings."""
     db = Database(settings.resolved_database_url, pool_size=settings.db_pool_size,
                   busy_timeout_ms=settings.sqlite_busy_timeout_ms)
     catalog = Catalog.load(settings.models_file)
@@ -164,7 +165,7 @@ def build_container(settings: Settings) -> Container:
     adapters = AdapterRegistry(settings)
     breakers = BreakerBoard(SqlRouteHealthStore(db), failures=settings.breaker_failures,
                             cooldown_s=settings.breaker_cooldown_s, sync_s=settings.breaker_sync_s)
-    tracer = tracer_from_settings(settings)
+    tracer = tracer or tracer_from_settings(settings)
     pool = RoutePool(adapters, breakers, attempts=settings.route_attempts, backoff_s=settings.route_backoff_s,
                      tracer=tracer,
                      defaults=RouteDefaults(base_urls={"openai": settings.openai_base_url},

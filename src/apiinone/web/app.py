@@ -16,6 +16,7 @@ from apiinone import __version__
 from apiinone.bootstrap import Container, build_container
 from apiinone.config import Settings
 from apiinone.errors import ApiError, InternalError, InvalidParameter, NotFound, ServiceUnavailable
+from apiinone.telemetry.tracing import Tracer
 from apiinone.web.responses import error_response, json_response
 from apiinone.webhooks.delivery import start_delivery_worker
 
@@ -23,9 +24,9 @@ log = structlog.get_logger(__name__)
 
 
 def create_app(settings: Settings | None = None, *, embedded_worker: bool = True,
-               migrate: bool | None = None) -> FastAPI:
+               migrate: bool | None = None, tracer: Tracer | None = None) -> FastAPI:
     settings = settings or Settings()
-    container = build_container(settings)
+    container = build_container(settings, tracer=tracer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
