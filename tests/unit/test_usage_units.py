@@ -70,6 +70,9 @@ def test_share_bars_are_longest_first_as_given_and_capped() -> None:
     svg = str(share_bars([Share(f"model-{i}", float(20 - i), f"{20 - i}") for i in range(15)], label="x",
                          testid="s", limit=10))
     assert len(re.findall(r"<rect", svg)) == 10 and "model-10" not in svg
+    widths = [float(w) for w in re.findall(r'<rect class="part-0" x="0" y="0" width="([0-9.]+)"', svg)]
+    assert widths[0] == 100 and widths == sorted(widths, reverse=True)
+    assert "&lt;b&gt;" in str(share_bars([Share("<b>", 1.0, "1")], label="x", testid="s"))
 
 
 @pytest.mark.parametrize(("value", "top"), [(0, 1), (0.3, 0.5), (1, 1), (7, 10), (12, 20), (240, 250), (999, 1000)])

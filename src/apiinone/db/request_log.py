@@ -11,6 +11,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from apiinone.db import tables as t
+from apiinone.db.dialect import insert_or_add
 from apiinone.domain.usage import DAY_MS, RequestLogEntry, UsageRow
 
 _R = t.request_log.c
@@ -27,9 +28,26 @@ def _entry_from_row(r: RowMapping) -> RequestLogEntry:
     )
 
 
+_D = t.usage_daily.c
+_SUMS = ("requests", "succeeded", "failed", "credits", "input_tokens", "output_tokens")
+
+
 def usage_statement(account_id: str, *, start_ms: int, end_ms: int, group_by: str) -> Select[Any]:
-    """The usage query (bench/request_log_year.py EXPLAINs this very statement). Every column it
-    reads is in ``ix_request_log_usage``, so PostgreSQL answers it from the index alone."""
+    """The usage query over whole UTC days (bench/request_log_year.py EXPLAINs this very
+    statement): a range of the ``usage_daily`` primary key, (account, day, ...)."""
+    if start_ms % DAY_MS or end_ms % DAY_MS:
+        raise ValueError("usage is summed over whole UTC days")
+    group: Any = {"day": _D.day, "model": _D.model, "key": func.nullif(_D.key_prefix, "")}[group_by]
+    label = group.label("usage_group")
+    return (
+        select(label, *(func.sum(_D[name]) for name in _SUMS))
+        .where(_D.account_id == account_id, _D.day >= start_ms // DAY_MS, _D.day < end_ms // DAY_MS)
+        .group_by(label).order_by(label.asc().nulls_last())
+    )
+
+
+def raw_usage_statement(account_id: str, *, start_ms: int, end_ms: int, group_by: str) -> Select[Any]:
+    """The same sums straight from ``request_log`` (the bench compares; tests check they agree)."""
     group: Any = {"day": _R.created_at // DAY_MS, "model": _R.model, "key": _R.key_prefix}[group_by]
     label = group.label("usage_group")
     return (
@@ -46,6 +64,13 @@ class RequestLogRepository:
         self.conn = conn
 
     async def add(self, entry: RequestLogEntry) -> None:
+        """The record and its share of the day's sums, in the caller's transaction."""
+        await self.conn.execute(insert_or_add(self.conn, t.usage_daily, {
+            "account_id": entry.account_id, "day": entry.created_at // DAY_MS, "model": entry.model,
+            "key_prefix": entry.key_prefix or "", "requests": 1, "succeeded": int(entry.status == "succeeded"),
+            "failed": int(entry.status == "failed"), "credits": entry.credits,
+            "input_tokens": entry.input_tokens or 0, "output_tokens": entry.output_tokens or 0,
+        }, add=_SUMS))
         await self.conn.execute(_INSERT, {
             "id": entry.id, "account_id": entry.account_id, "api_key_id": entry.api_key_id,
             "key_prefix": entry.key_prefix, "type": entry.type, "model": entry.model, "route": entry.route,
@@ -91,26 +116,24 @@ class RequestLogRepository:
     # --- across accounts (admin) -----------------------------------------------------------------
 
     async def top_accounts(self, *, start_ms: int, end_ms: int, limit: int) -> builtins.list[dict[str, Any]]:
-        """Accounts by credits charged in the window, with their request and failure counts."""
-        credits = func.sum(_R.credits).label("credits")
+        """Accounts by credits charged over whole UTC days, with their request and failure counts."""
+        credits = func.sum(_D.credits).label("credits")
         stmt = (
-            select(_R.account_id, t.accounts.c.email, func.count().label("requests"),
-                   func.sum(case((_R.status == "failed", 1), else_=0)).label("failed"), credits)
-            .join(t.accounts, t.accounts.c.id == _R.account_id)
-            .where(_R.created_at >= start_ms, _R.created_at < end_ms)
-            .group_by(_R.account_id, t.accounts.c.email).order_by(credits.desc(), _R.account_id).limit(limit)
+            select(_D.account_id, t.accounts.c.email, func.sum(_D.requests).label("requests"),
+                   func.sum(_D.failed).label("failed"), credits)
+            .join(t.accounts, t.accounts.c.id == _D.account_id)
+            .where(_D.day >= start_ms // DAY_MS, _D.day < end_ms // DAY_MS)
+            .group_by(_D.account_id, t.accounts.c.email).order_by(credits.desc(), _D.account_id).limit(limit)
         )
         return [dict(r) for r in (await self.conn.execute(stmt)).mappings()]
 
     async def by_model_all(self, *, start_ms: int, end_ms: int, limit: int) -> builtins.list[dict[str, Any]]:
-        """Models by requests in the window: counts, failures, credits, median-free latency mean."""
-        requests = func.count().label("requests")
+        """Models by requests over whole UTC days: counts, failures, credits."""
+        requests = func.sum(_D.requests).label("requests")
         stmt = (
-            select(_R.model, _R.type, requests,
-                   func.sum(case((_R.status == "failed", 1), else_=0)).label("failed"),
-                   func.sum(_R.credits).label("credits"), func.avg(_R.latency_ms).label("latency_ms_avg"))
-            .where(_R.created_at >= start_ms, _R.created_at < end_ms)
-            .group_by(_R.model, _R.type).order_by(requests.desc(), _R.model).limit(limit)
+            select(_D.model, requests, func.sum(_D.failed).label("failed"), func.sum(_D.credits).label("credits"))
+            .where(_D.day >= start_ms // DAY_MS, _D.day < end_ms // DAY_MS)
+            .group_by(_D.model).order_by(requests.desc(), _D.model).limit(limit)
         )
         return [dict(r) for r in (await self.conn.execute(stmt)).mappings()]
 

@@ -274,6 +274,23 @@ route_health = Table(
     Column("updated_at", BigInteger, nullable=False),
 )
 
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    # request_log summed per UTC day, model and key, in the transaction that writes each record: a
+    # year of a busy account's usage reads a few thousand rows instead of millions
+    Column("account_id", String(40), primary_key=True),
+    Column("day", Integer, primary_key=True),  # UTC days since 1970-01-01
+    Column("model", String(100), primary_key=True),
+    Column("key_prefix", String(20), primary_key=True),  # "" for requests made without a key
+    Column("requests", BigInteger, nullable=False),
+    Column("succeeded", BigInteger, nullable=False),
+    Column("failed", BigInteger, nullable=False),
+    Column("credits", BigInteger, nullable=False),  # µcr charged
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+)
+
 upstream_routes = Table(
     "upstream_routes",
     metadata,
@@ -320,6 +337,7 @@ __all__ = [
     "route_health",
     "tasks",
     "upstream_routes",
+    "usage_daily",
     "web_sessions",
     "webhook_attempts",
     "webhook_deliveries",

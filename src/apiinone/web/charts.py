@@ -88,22 +88,17 @@ class Share:
 
 
 def share_bars(rows: Sequence[Share], *, label: str, testid: str, limit: int = 10) -> Markup:
-    """Horizontal bars, longest first: where the credits went (by model, by key)."""
+    """Horizontal bars, longest first: where the credits went (by model, by key). The names and
+    figures are HTML text (readable at any width); each bar is a tiny SVG stretched to its share."""
     rows = list(rows)[:limit]
-    row_h = 26
-    height = max(1, len(rows)) * row_h + 4
     top = max((r.value for r in rows), default=0.0) or 1.0
-    label_w = 230
-    plot_w = WIDTH - label_w - 110
-    out = [f'<svg class="chart" viewBox="0 0 {WIDTH} {height}" role="img" aria-label="{escape(label)}" '
-           f'data-testid="{escape(testid)}" preserveAspectRatio="xMidYMid meet">']
-    for i, row in enumerate(rows):
-        y = 2 + i * row_h
-        w = max(1.0, plot_w * row.value / top) if row.value > 0 else 0
-        name = row.label if len(row.label) <= 30 else row.label[:29] + "…"
-        out.append(f'<g class="bar"><title>{escape(row.label)}: {escape(row.shown)}</title>'
-                   f'<text class="label" x="{label_w - 8}" y="{y + 17}" text-anchor="end">{escape(name)}</text>'
-                   f'<rect class="part-0" x="{label_w}" y="{y + 4}" width="{w:.1f}" height="{row_h - 8}"/>'
-                   f'<text class="value" x="{label_w + w + 6:.1f}" y="{y + 17}">{escape(row.shown)}</text></g>')
-    out.append("</svg>")
+    out = [f'<div class="shares" role="img" aria-label="{escape(label)}" data-testid="{escape(testid)}">']
+    for row in rows:
+        share = max(0.5, 100 * row.value / top) if row.value > 0 else 0.0
+        out.append(f'<div class="share" title="{escape(row.label)}: {escape(row.shown)}">'
+                   f'<span class="share-name">{escape(row.label)}</span>'
+                   f'<svg class="share-bar" viewBox="0 0 100 10" preserveAspectRatio="none" aria-hidden="true">'
+                   f'<rect class="part-0" x="0" y="0" width="{share:.2f}" height="10"/></svg>'
+                   f'<span class="share-value">{escape(row.shown)}</span></div>')
+    out.append("</div>")
     return Markup("".join(out))  # noqa: S704 - every text and attribute above went through escape()

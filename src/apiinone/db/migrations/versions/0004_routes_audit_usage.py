@@ -1,5 +1,7 @@
-"""console routes, audit log, usage indexes
+"""console routes, audit log, daily usage sums, request-log indexes
 
+``usage_daily`` sums ``request_log`` per account, UTC day, model and key (written with each record
+from now on; filled here from the records so far), so usage over a year reads a few thousand rows.
 ``upstream_routes`` holds the routes an admin makes in the console (keys encrypted with the
 instance's secret key); they merge with the catalog file's routes. ``audit_log`` records every
 admin change. ``request_log`` gains an index on ``created_at`` (retention purge, the admin's
@@ -21,6 +23,15 @@ down_revision = "0003_micro_credits"
 branch_labels = None
 depends_on = None
 
+SUMS = ("requests", "succeeded", "failed", "credits", "input_tokens", "output_tokens")
+BACKFILL = """
+INSERT INTO usage_daily (account_id, day, model, key_prefix, requests, succeeded, failed, credits,
+                         input_tokens, output_tokens)
+SELECT account_id, created_at / 86400000, model, COALESCE(key_prefix, ''), COUNT(*),
+       SUM(CASE WHEN status = 'succeeded' THEN 1 ELSE 0 END), SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END),
+       SUM(credits), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0)
+FROM request_log GROUP BY account_id, created_at / 86400000, model, COALESCE(key_prefix, '')
+"""
 USAGE_INCLUDE = ["status", "credits", "model", "key_prefix", "input_tokens", "output_tokens"]
 
 
@@ -54,6 +65,16 @@ def upgrade() -> None:
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_log")),
     )
+    op.create_table(
+        "usage_daily",
+        sa.Column("account_id", sa.String(length=40), nullable=False),
+        sa.Column("day", sa.Integer(), nullable=False),
+        sa.Column("model", sa.String(length=100), nullable=False),
+        sa.Column("key_prefix", sa.String(length=20), nullable=False),
+        *(sa.Column(name, sa.BigInteger(), nullable=False) for name in SUMS),
+        sa.PrimaryKeyConstraint("account_id", "day", "model", "key_prefix", name=op.f("pk_usage_daily")),
+    )
+    op.execute(BACKFILL)
     op.create_index("ix_request_log_created", "request_log", ["created_at"])
     op.create_index("ix_request_log_usage", "request_log", ["account_id", "created_at"],
                     postgresql_include=USAGE_INCLUDE)
@@ -64,5 +85,6 @@ def downgrade() -> None:
     op.create_index("ix_request_log_account_created", "request_log", ["account_id", "created_at"])
     op.drop_index("ix_request_log_usage", table_name="request_log")
     op.drop_index("ix_request_log_created", table_name="request_log")
+    op.drop_table("usage_daily")
     op.drop_table("audit_log")
     op.drop_table("upstream_routes")
