@@ -236,3 +236,51 @@ async def test_admin_changes_are_in_the_audit_log(queued_harness: AppHarness) ->
         assert "boss@example.com" in html and "2.5" in html
         only_routes = (await admin.get("/admin/audit?action=route")).text
         assert "route.edit_file" in only_routes and "credits.grant" not in only_routes
+
+
+def test_migration_fills_the_daily_sums_from_existing_records(tmp_path: Path) -> None:
+    """Records written before 0004 (no usage_daily yet) are summed by the upgrade."""
+    import asyncio
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from apiinone.db.database import Database
+    from apiinone.db.migrate import alembic_config, upgrade
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0003_micro_credits")
+    day = 20_000 * 86_400_000
+
+    async def seed_and_read() -> list[tuple[object, ...]]:
+        db = Database(url)
+        try:
+            async with db.uow() as uow:
+                await uow.conn.execute(text(
+                    "INSERT INTO accounts (id, email, is_admin, disabled, balance, held, created_at) "
+                    "VALUES ('acc_1', 'a@example.com', 0, 0, 0, 0, 0)"))
+                for i, (status, credits, key) in enumerate([("succeeded", 5, "k1"), ("failed", 0, "k1"),
+                                                            ("succeeded", 7, None), ("canceled", 0, "k1")]):
+                    await uow.conn.execute(text(
+                        "INSERT INTO request_log (id, account_id, key_prefix, type, model, status, http_status, "
+                        "credits, input_tokens, created_at) VALUES (:id, 'acc_1', :key, 'chat', 'm', :status, 200, "
+                        ":credits, :tokens, :at)"),
+                        {"id": f"req_{i}", "key": key, "status": status, "credits": credits, "tokens": i or None,
+                         "at": day + i})
+                await uow.commit()
+        finally:
+            await db.dispose()
+        upgrade(url)
+        db = Database(url)
+        try:
+            async with db.uow(write=False) as uow:
+                rows = (await uow.conn.execute(text(
+                    "SELECT key_prefix, requests, succeeded, failed, credits, input_tokens FROM usage_daily "
+                    "ORDER BY key_prefix"))).all()
+                by_day = await uow.requests.usage("acc_1", start_ms=day, end_ms=day + 86_400_000, group_by="day")
+        finally:
+            await db.dispose()
+        assert [(r.requests, r.credits) for r in by_day] == [(4, 12)]
+        return [tuple(r) for r in rows]
+
+    assert asyncio.run(seed_and_read()) == [("", 1, 1, 0, 7, 2), ("k1", 3, 1, 1, 5, 4)]

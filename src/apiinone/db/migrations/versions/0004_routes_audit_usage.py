@@ -1,12 +1,11 @@
-"""console routes, audit log, daily usage sums, request-log indexes
+"""console routes, audit log, daily usage sums, request-log time index
 
 ``usage_daily`` sums ``request_log`` per account, UTC day, model and key (written with each record
 from now on; filled here from the records so far), so usage over a year reads a few thousand rows.
 ``upstream_routes`` holds the routes an admin makes in the console (keys encrypted with the
 instance's secret key); they merge with the catalog file's routes. ``audit_log`` records every
-admin change. ``request_log`` gains an index on ``created_at`` (retention purge, the admin's
-cross-account usage), and its (account, time) index becomes covering on PostgreSQL, so one
-account's usage over a year is an index-only scan.
+admin change. ``request_log`` gains an index on ``created_at`` (the retention purge and the
+admin's per-route usage).
 
 Revision ID: 0004_routes_audit_usage
 Revises: 0003_micro_credits
@@ -32,7 +31,6 @@ SELECT account_id, created_at / 86400000, model, COALESCE(key_prefix, ''), COUNT
        SUM(credits), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0)
 FROM request_log GROUP BY account_id, created_at / 86400000, model, COALESCE(key_prefix, '')
 """
-USAGE_INCLUDE = ["status", "credits", "model", "key_prefix", "input_tokens", "output_tokens"]
 
 
 def upgrade() -> None:
@@ -76,14 +74,9 @@ def upgrade() -> None:
     )
     op.execute(BACKFILL)
     op.create_index("ix_request_log_created", "request_log", ["created_at"])
-    op.create_index("ix_request_log_usage", "request_log", ["account_id", "created_at"],
-                    postgresql_include=USAGE_INCLUDE)
-    op.drop_index("ix_request_log_account_created", table_name="request_log")
 
 
 def downgrade() -> None:
-    op.create_index("ix_request_log_account_created", "request_log", ["account_id", "created_at"])
-    op.drop_index("ix_request_log_usage", table_name="request_log")
     op.drop_index("ix_request_log_created", table_name="request_log")
     op.drop_table("usage_daily")
     op.drop_table("audit_log")
