@@ -3,14 +3,18 @@ build their object graph here, from one Settings object."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import structlog
 
 from apiinone.config import Settings
+from apiinone.db.channels import KEYS_CHANNEL, ROUTES_CHANNEL, TASK_EVENTS_CHANNEL, TASKS_CHANNEL, WEBHOOKS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.db.route_health import SqlRouteHealthStore
 from apiinone.domain.catalog import Catalog, ModelSpec, RouteSpec
@@ -19,20 +23,39 @@ from apiinone.kinds import KindRegistry
 from apiinone.net.egress import EgressPolicy, guarded_transport
 from apiinone.ratelimit import RateLimiter
 from apiinone.sealing import SecretBox
-from apiinone.services.accounts import KEYS_CHANNEL, AccountService, ApiKeyAuthenticator
-from apiinone.services.events import TASK_EVENTS_CHANNEL, TaskEvents
+from apiinone.services.accounts import AccountService, ApiKeyAuthenticator
+from apiinone.services.billing import BillingService, packs_from_setting
+from apiinone.services.console import ConsoleQueries
+from apiinone.services.events import TaskEvents
 from apiinone.services.metering import Metering
-from apiinone.services.routes import RouteRefresher, RouteService
-from apiinone.services.tasks import TASKS_CHANNEL, WEBHOOKS_CHANNEL, TaskService
+from apiinone.services.routes import RouteRefresher, RouteService, RouteStatusService
+from apiinone.services.sessions import LoginThrottle, SessionService
+from apiinone.services.tasks import TaskService
 from apiinone.storage import storage_from_url
 from apiinone.storage.base import Storage
 from apiinone.storage.s3 import S3Options
 from apiinone.telemetry.tracing import Tracer, tracer_from_settings
-from apiinone.upstreams.breaker import ROUTES_CHANNEL, BreakerBoard
+from apiinone.upstreams.breaker import BreakerBoard
 from apiinone.upstreams.pool import RouteDefaults, RoutePool
 from apiinone.upstreams.registry import AdapterRegistry
 from apiinone.worker.runner import TaskWorker, WorkerOptions
 from apiinone.worker.wakeup import PostgresListener, Wakeup
+
+MODEL_OVERRIDES_REFRESH_S = 10.0
+
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class ConsoleServices:
+    """What the console pages use besides the API's services."""
+
+    sessions: SessionService
+    billing: BillingService
+    queries: ConsoleQueries
+    throttle: LoginThrottle
+    secret_key: str
 
 
 @dataclass
@@ -44,6 +67,7 @@ class Container:
     adapters: AdapterRegistry
     breakers: BreakerBoard
     pool: RoutePool
+    routes: RouteStatusService
     storage: Storage
     egress: EgressPolicy
     fetch_client: httpx.AsyncClient
@@ -55,19 +79,65 @@ class Container:
     webhook_wakeup: Wakeup
     rate_limits: RateLimiter
     task_events: TaskEvents
+    console: ConsoleServices = None  # type: ignore[assignment]  # set by build_container
     listeners: list[PostgresListener] = field(default_factory=list)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    delivery: Any = None
     worker: TaskWorker | None = None
     task_finished_hooks: list[Callable[..., None]] = field(default_factory=list)
     base_catalog: Catalog | None = None
-    routes: RouteService | None = None
-    tracer: Tracer | None = None
+    route_admin: RouteService | None = None
     route_refresher: RouteRefresher | None = None
+    tracer: Tracer | None = None
     _model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     _stored_routes: list[StoredRoute] = field(default_factory=list)
     _merged_routes: dict[str, tuple[RouteSpec, ...]] = field(default_factory=dict)
 
     def catalog_source(self) -> Catalog:
         return self.catalog
+
+    async def refresh_model_overrides(self) -> None:
+        overrides = await self.console.queries.model_overrides()
+        self.apply_model_overrides({model_id: o.as_catalog_fields() for model_id, o in overrides.items()})
+
+    async def _keep_model_overrides_fresh(self) -> None:
+        """Other API processes change overrides too: re-read them every few seconds."""
+        while True:
+            await asyncio.sleep(MODEL_OVERRIDES_REFRESH_S)
+            try:
+                await self.refresh_model_overrides()
+            except Exception as exc:  # database briefly down: keep the last known overrides
+                log.warning("model_overrides_refresh_failed", error=str(exc))
+
+    async def start(self, *, worker: bool = False, delivery: bool = False, console: bool = True) -> None:
+        """Start what this process runs in the background, in one place: cross-process signals,
+        breaker sync, the model-override refresher, and optionally a task worker and webhook delivery."""
+        await self.start_listeners()
+        if console:
+            try:
+                await self.refresh_model_overrides()
+            except Exception as exc:  # a database that is not migrated yet must not stop the app
+                log.warning("model_overrides_load_failed", error=str(exc))
+            self.background.append(asyncio.create_task(self._keep_model_overrides_fresh(), name="model-overrides"))
+        if worker:
+            await self.make_worker().start()
+        if delivery:
+            from apiinone.webhooks.delivery import start_delivery_worker
+
+            self.delivery = await start_delivery_worker(self)
+
+    async def stop(self) -> None:
+        """Stop the background work started by :meth:`start` (the worker drains first)."""
+        if self.delivery is not None:
+            await self.delivery.stop()
+            self.delivery = None
+        if self.worker is not None:
+            await self.worker.stop()
+        for task in self.background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.background.clear()
 
     def file_catalog(self) -> Catalog:
         """The catalog file's models with the admin's model overrides, before console routes."""
@@ -137,15 +207,15 @@ class Container:
             await listener.start()
             self.listeners.append(listener)
         await self.breakers.start()
-        if self.route_refresher is not None:
+        if self.route_refresher is not None:  # console routes reach workers too
             await self.route_refresher.start()
 
     async def aclose(self) -> None:
+        if self.route_refresher is not None:
+            await self.route_refresher.stop()
         shutdown = getattr(self.tracer, "shutdown", None)
         if shutdown is not None:
             shutdown()  # flush the last spans
-        if self.route_refresher is not None:
-            await self.route_refresher.stop()
         for listener in self.listeners:
             await listener.stop()
         await self.breakers.stop()
@@ -179,6 +249,7 @@ def build_container(settings: Settings, *, tracer: Tracer | None = None) -> Cont
     container = Container(
         settings=settings, db=db, catalog=catalog, base_catalog=catalog, kinds=kinds, adapters=adapters,
         breakers=breakers, pool=pool,
+        routes=None,  # type: ignore[arg-type]  # set just below: it reads the container's catalog
         storage=storage_from_url(settings.resolved_storage_url, s3=S3Options.from_settings(settings),
                                  fsync=settings.storage_fsync),
         egress=egress, fetch_client=fetch_client,
@@ -190,24 +261,33 @@ def build_container(settings: Settings, *, tracer: Tracer | None = None) -> Cont
         # PostgreSQL NOTIFY reaches waiters from any process, so polling there is only a safety net
         task_events=TaskEvents(db, poll_s=settings.worker_poll_s if db.is_sqlite else max(5.0, settings.worker_poll_s)),
     )
+    container.routes = RouteStatusService(container.catalog_source, pool, breakers)
+    container.console = ConsoleServices(
+        sessions=SessionService(db, ttl_ms=settings.session_ttl_days * 86400 * 1000),
+        billing=BillingService(db, packs=packs_from_setting(settings.credit_packs)),
+        queries=ConsoleQueries(db),
+        throttle=LoginThrottle(max_failures=settings.login_max_failures),
+        secret_key=settings.resolved_secret_key(),
+    )
     container.task_finished_hooks.append(container.task_events.publish)
-
-    def on_task_finished(task: object) -> None:
-        for hook in container.task_finished_hooks:
-            hook(task)
-
-    box = SecretBox(settings.resolved_secret_key())
     container.tracer = tracer
+    box = SecretBox(container.console.secret_key)
     container.route_refresher = RouteRefresher(db, box, container.apply_stored_routes)
 
     async def routes_changed() -> None:
         assert container.route_refresher is not None
         await container.route_refresher.refresh(force=True)
 
-    container.routes = RouteService(db, box, file_catalog=container.file_catalog,
-                                    providers=adapters.names, on_change=routes_changed)
+    container.route_admin = RouteService(db, box, file_catalog=container.file_catalog,
+                                         providers=adapters.names, on_change=routes_changed)
+
+    def on_task_finished(task: object) -> None:
+        for hook in container.task_finished_hooks:
+            hook(task)
+
     container.tasks = TaskService(
         db, container.catalog_source, is_available=pool.is_available, base_url=container.base_url,
         on_task_created=task_wakeup.set, on_task_finished=on_task_finished, metering=container.metering,
+        create_path_of=lambda type_: (kind.create_path if (kind := kinds.get(type_)) else None),
     )
     return container

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from sqlalchemy.exc import IntegrityError
 
+from apiinone.db.channels import TASK_EVENTS_CHANNEL, TASKS_CHANNEL, WEBHOOKS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.db.uow import SqlUnitOfWork
 from apiinone.domain.accounts import Account, ApiKey
@@ -34,9 +35,6 @@ from apiinone.ids import new_id, now_ms
 from apiinone.kinds.base import Deferred
 from apiinone.services.metering import Metering, RequestRecord
 
-TASKS_CHANNEL = "apiinone_tasks"
-TASK_EVENTS_CHANNEL = "apiinone_task_events"
-WEBHOOKS_CHANNEL = "apiinone_webhooks"
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 
@@ -93,19 +91,27 @@ class TaskService:
                  is_available: Callable[[ModelSpec], bool], base_url: Callable[[], str],
                  on_task_created: Callable[[], None] = lambda: None,
                  on_task_finished: Callable[[Task], None] = lambda task: None,
-                 metering: Metering | None = None) -> None:
+                 metering: Metering | None = None,
+                 create_path_of: Callable[[str], str | None] = lambda type_: None) -> None:
         self.db = db
         self.metering = metering or Metering(db)
+        self.create_path_of = create_path_of
         self.catalog_source = catalog_source
         self.is_available = is_available
         self.base_url = base_url
         self.on_task_created = on_task_created
         self.on_task_finished = on_task_finished
 
-    def resolve_model(self, name: str, *, key: ApiKey | None = None) -> ModelSpec:
+    def resolve_model(self, name: str, *, key: ApiKey | None = None, type_: str | None = None) -> ModelSpec:
+        """The launched model ``name`` names, checked for this key, this route's type and an upstream."""
         spec = self.catalog_source().resolve(name)
         if spec is None or not spec.launched or not spec.enabled:
             raise ModelNotFound(f"model {name!r} does not exist; see GET /api/v1/models", param="model")
+        if type_ is not None and spec.type != type_:
+            path = self.create_path_of(spec.type)
+            where = f"; use {path}" if path else ""
+            raise InvalidParameter(f"model {spec.id!r} is a {spec.type} model, not a {type_} model{where}",
+                                   param="model")
         if key is not None and not key.may_use(spec.id):
             raise Forbidden(f"this API key may not use model {spec.id!r}")
         if not self.is_available(spec):
@@ -122,7 +128,7 @@ class TaskService:
         hold, so two concurrent requests with one key create one task: the loser's insert conflicts
         (on PostgreSQL it waits for the winner's commit), it rolls back and replays the winner's
         response, and it never touches the credits the winner holds."""
-        spec = self.resolve_model(request.model, key=key)
+        spec = self.resolve_model(request.model, key=key, type_="image")
         if request.quality not in spec.pricing:
             raise InvalidParameter(f"quality must be one of {', '.join(spec.pricing)}", param="quality")
         price = credits_to_ucr(spec.price(request.quality)) * request.n  # µcr

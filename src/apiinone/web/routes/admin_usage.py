@@ -47,8 +47,8 @@ class RouteView:
 
 
 def _route_service(container: Container) -> RouteService:
-    assert container.routes is not None
-    return container.routes
+    assert container.route_admin is not None
+    return container.route_admin
 
 
 def route_views(container: Container) -> list[tuple[ModelSpec, list[RouteView]]]:
