@@ -62,7 +62,7 @@ def bar_chart(bars: Sequence[Bar], *, label: str, part_classes: Sequence[str], t
         y = PAD_TOP + plot_h - plot_h * i / 4
         out.append(f'<line class="grid-line" x1="{PAD_LEFT}" y1="{y:.1f}" x2="{WIDTH - PAD_RIGHT}" y2="{y:.1f}"/>')
         out.append(f'<text class="tick" x="{PAD_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_tick(value)}</text>')
-    every = max(1, len(bars) // 8)
+    every = max(1, len(bars) // 5)  # at most about six day labels: readable on a phone too
     for index, bar in enumerate(bars):
         x = PAD_LEFT + index * slot + (slot - bar_w) / 2
         base = float(PAD_TOP + plot_h)
