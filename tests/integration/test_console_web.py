@@ -343,7 +343,7 @@ async def test_credit_fields_take_exact_decimals_and_refuse_the_rest(harness: Ap
 
     r = await form(admin, "/admin/codes", "/admin/codes", count="2", credits="0.25", batch="quarter")
     assert r.status_code == 201 and "0.25" in r.text
-    [batch] = await harness.app.state.console.billing.code_batches()
+    [batch] = await harness.container.console.billing.code_batches()
     assert (batch.batch, batch.credits, batch.total) == ("quarter", 250_000, 2)
     for count, credits in [("2", bad) for bad in BAD_AMOUNTS] + [("١", "5"), ("0", "5"), ("1001", "5"), ("x", "5")]:
         r = await form(admin, "/admin/codes", "/admin/codes", count=count, credits=credits)
