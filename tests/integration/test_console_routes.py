@@ -82,7 +82,7 @@ async def test_a_console_route_serves_a_task_and_its_key_is_sealed(
     assert logged["task_id"] == task["task_id"]
     async with h.container.db.uow(write=False) as uow:
         [row] = await uow.requests.list(caller.account_id, limit=5)
-    assert row.route == "fake-east"
+    assert row.record.route == "fake-east"
 
     # the state and counters of the route are on the page; the admin API never shows a key
     page = (await admin.get("/admin/routes")).text

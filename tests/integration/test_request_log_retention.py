@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from apiinone.cli import app
 from apiinone.db.database import Database
-from apiinone.domain.usage import DAY_MS, RequestLogEntry
+from apiinone.domain.usage import DAY_MS, RequestLogEntry, RequestRecord
 from apiinone.ids import new_id, now_ms
 from apiinone.services.usage import UsageService
 from tests.conftest import AppHarness
@@ -18,8 +18,9 @@ from tests.conftest import AppHarness
 
 def _entry(account_id: str, age_days: float) -> RequestLogEntry:
     at = now_ms() - int(age_days * DAY_MS)
-    return RequestLogEntry(id=new_id("req", at), account_id=account_id, type="chat", model="m", status="succeeded",
-                           http_status=200, credits=5, created_at=at)
+    return RequestLogEntry(id=new_id("req", at), account_id=account_id, api_key_id=None, key_prefix=None, credits=5,
+                           created_at=at, record=RequestRecord(type="chat", model="m", status="succeeded",
+                                                               http_status=200))
 
 
 async def _seed(db: Database, account_id: str, ages: list[float]) -> None:

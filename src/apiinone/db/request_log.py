@@ -4,6 +4,7 @@ first by id (a time-ordered ``req_`` ULID, so the id is the cursor) and summed f
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from typing import Any
 
 from sqlalchemy import Select, case, delete, func, insert, select
@@ -12,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from apiinone.db import tables as t
 from apiinone.db.dialect import insert_or_add
-from apiinone.domain.usage import DAY_MS, RequestLogEntry, UsageRow
+from apiinone.domain.usage import DAY_MS, RequestLogEntry, RequestRecord, UsageRow
 
 _R = t.request_log.c
 _INSERT = insert(t.request_log)
@@ -21,10 +22,10 @@ _INSERT = insert(t.request_log)
 def _entry_from_row(r: RowMapping) -> RequestLogEntry:
     return RequestLogEntry(
         id=r["id"], account_id=r["account_id"], api_key_id=r["api_key_id"], key_prefix=r["key_prefix"],
-        type=r["type"], model=r["model"], route=r["route"], status=r["status"],
-        http_status=int(r["http_status"]), credits=int(r["credits"]), input_tokens=r["input_tokens"],
-        output_tokens=r["output_tokens"], latency_ms=r["latency_ms"], ttft_ms=r["ttft_ms"],
-        task_id=r["task_id"], created_at=int(r["created_at"]),
+        credits=int(r["credits"]), created_at=int(r["created_at"]),
+        record=RequestRecord(type=r["type"], model=r["model"], status=r["status"], http_status=int(r["http_status"]),
+                             route=r["route"], input_tokens=r["input_tokens"], output_tokens=r["output_tokens"],
+                             latency_ms=r["latency_ms"], ttft_ms=r["ttft_ms"], task_id=r["task_id"]),
     )
 
 
@@ -66,18 +67,15 @@ class RequestLogRepository:
     async def add(self, entry: RequestLogEntry) -> None:
         """The record and its share of the day's sums, in the caller's transaction."""
         await self.conn.execute(insert_or_add(self.conn, t.usage_daily, {
-            "account_id": entry.account_id, "day": entry.created_at // DAY_MS, "model": entry.model,
-            "key_prefix": entry.key_prefix or "", "requests": 1, "succeeded": int(entry.status == "succeeded"),
-            "failed": int(entry.status == "failed"), "credits": entry.credits,
-            "input_tokens": entry.input_tokens or 0, "output_tokens": entry.output_tokens or 0,
+            "account_id": entry.account_id, "day": entry.created_at // DAY_MS, "model": entry.record.model,
+            "key_prefix": entry.key_prefix or "", "requests": 1, "succeeded": int(entry.record.status == "succeeded"),
+            "failed": int(entry.record.status == "failed"), "credits": entry.credits,
+            "input_tokens": entry.record.input_tokens or 0, "output_tokens": entry.record.output_tokens or 0,
         }, add=_SUMS))
         await self.conn.execute(_INSERT, {
             "id": entry.id, "account_id": entry.account_id, "api_key_id": entry.api_key_id,
-            "key_prefix": entry.key_prefix, "type": entry.type, "model": entry.model, "route": entry.route,
-            "status": entry.status, "http_status": entry.http_status, "credits": entry.credits,
-            "input_tokens": entry.input_tokens, "output_tokens": entry.output_tokens,
-            "latency_ms": entry.latency_ms, "ttft_ms": entry.ttft_ms, "task_id": entry.task_id,
-            "created_at": entry.created_at,
+            "key_prefix": entry.key_prefix, "credits": entry.credits, "created_at": entry.created_at,
+            **dataclasses.asdict(entry.record),
         })
 
     async def usage(self, account_id: str, *, start_ms: int, end_ms: int, group_by: str) -> list[UsageRow]:

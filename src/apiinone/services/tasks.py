@@ -91,11 +91,11 @@ class TaskService:
                  is_available: Callable[[ModelSpec], bool], base_url: Callable[[], str],
                  on_task_created: Callable[[], None] = lambda: None,
                  on_task_finished: Callable[[Task], None] = lambda task: None,
-                 metering: Metering | None = None,
-                 create_path_of: Callable[[str], str | None] = lambda type_: None) -> None:
+                 create_path_of: Callable[[str], str | None] = lambda type_: None,
+                 metering: Metering | None = None) -> None:
         self.db = db
-        self.metering = metering or Metering(db)
         self.create_path_of = create_path_of
+        self.metering = metering or Metering(db)
         self.catalog_source = catalog_source
         self.is_available = is_available
         self.base_url = base_url

@@ -126,9 +126,10 @@ async def requests_csv(request: Request) -> Response:
                 account.id, limit=500, cursor=cursor, model=filters.get("model"), type=filters.get("type"),
                 status=filters.get("status"), key=filters.get("key"))
             for e in entries:
-                writer.writerow([e.id, iso(e.created_at), e.type, e.model, e.status, e.http_status,
-                                 format_credits_text(e.credits), _blank(e.input_tokens), _blank(e.output_tokens),
-                                 _blank(e.latency_ms), _blank(e.ttft_ms), e.key_prefix or "", e.task_id or ""])
+                r = e.record
+                writer.writerow([e.id, iso(e.created_at), r.type, r.model, r.status, r.http_status,
+                                 format_credits_text(e.credits), _blank(r.input_tokens), _blank(r.output_tokens),
+                                 _blank(r.latency_ms), _blank(r.ttft_ms), e.key_prefix or "", r.task_id or ""])
             sent += len(entries)
             yield buffer.getvalue()
             buffer.seek(0)
