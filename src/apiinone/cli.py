@@ -325,6 +325,32 @@ def grant(email: str, credits: str, note: Annotated[str | None, typer.Option(hel
     typer.echo(f"granted {format_credits_text(amount)} credits to {email}; available now {available}", err=True)
 
 
+@admin_app.command("purge-requests")
+def purge_requests(
+    days: Annotated[int | None, typer.Option(min=1, help="Keep this many days (default: "
+                                             "APIINONE_REQUEST_LOG_RETENTION_DAYS).")] = None,
+) -> None:
+    """Delete request-log records older than the retention period, in batches (ledger entries stay)."""
+    settings = _settings()
+    retention = days or settings.request_log_retention_days
+    if retention is None:
+        typer.echo("error: give --days or set APIINONE_REQUEST_LOG_RETENTION_DAYS", err=True)
+        raise typer.Exit(1)
+    _migrate_embedded(settings)
+
+    async def body(container: Container) -> int:
+        from apiinone.services.usage import UsageService
+
+        return await UsageService(container.db, container.catalog_source).purge(retention)
+
+    try:
+        removed = _run_with_container(settings, body)
+    except Exception as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"deleted {removed} request records older than {retention} days", err=True)
+    sys.stdout.write(f"{removed}\n")
+
+
 def main() -> None:
     app()
 

@@ -89,6 +89,14 @@ class Settings(BaseSettings):
     credit_packs: str = "500,2000,10000"
     login_max_failures: int = 10
     session_ttl_days: int = 30
+    # Request log retention: `apiinone admin purge-requests` deletes older records (unset: keep all).
+    request_log_retention_days: int | None = Field(default=None, ge=1)
+    # OpenTelemetry traces, off unless an OTLP endpoint is set (needs the `otel` extra installed).
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "APIINONE_OTEL_EXPORTER_OTLP_ENDPOINT"))
+    otel_service_name: str = Field(default="apiinone",
+                                   validation_alias=AliasChoices("OTEL_SERVICE_NAME", "APIINONE_OTEL_SERVICE_NAME"))
     log_level: str = "INFO"
     log_json: bool = True
     db_pool_size: int = 10

@@ -271,6 +271,12 @@ class TaskRepository:
         stmt = stmt.order_by(t.tasks.c.id.desc()).limit(limit)
         return [task_from_row(r) for r in (await self.conn.execute(stmt)).mappings()]
 
+    async def count_unfinished(self) -> dict[str, int]:
+        """Queued and running tasks across the cluster (the metrics' queue depth and in-flight)."""
+        stmt = (select(t.tasks.c.status, func.count()).where(t.tasks.c.status.in_(("queued", "running")))
+                .group_by(t.tasks.c.status))
+        return {str(s): int(n) for s, n in (await self.conn.execute(stmt)).all()}
+
     async def count_active(self, account_id: str) -> int:
         stmt = select(func.count()).select_from(t.tasks).where(
             t.tasks.c.account_id == account_id, t.tasks.c.status.in_(("queued", "running")))

@@ -29,6 +29,9 @@ class RouteSpec:
     weight: int = 1
     timeout_s: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    keys: tuple[str, ...] = field(default=(), repr=False)
+    """Keys held by the route itself (a route made in the console); else ``api_key_env`` is read."""
+    stored: bool = False  # made or edited in the console (domain/routes.py)
 
 
 _ROUTE_FIELDS = {"name", "provider", "base_url", "api_key_env", "upstream_model", "priority", "weight", "timeout_s"}
@@ -161,6 +164,11 @@ class Catalog:
         for m in self.models.values():
             o = overrides.get(m.id)
             models.append(_spec_from_mapping(o, m) if o else m)
+        return Catalog(models)
+
+    def with_routes(self, routes: dict[str, tuple[RouteSpec, ...]]) -> Catalog:
+        """A copy whose models listed in ``routes`` are served by those routes instead."""
+        models = [replace(m, routes=routes[m.id]) if m.id in routes else m for m in self.models.values()]
         return Catalog(models)
 
     @classmethod

@@ -14,7 +14,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from apiinone.db.channels import KEYS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.domain.accounts import Account, ApiKey
-from apiinone.domain.credits import LedgerKind, credits_to_ucr
+from apiinone.domain.credits import LedgerKind, credits_to_ucr, format_credits_text
 from apiinone.errors import Forbidden, InvalidParameter, NotFound, Unauthorized
 from apiinone.ids import new_id, now_ms
 from apiinone.webhooks.signing import new_webhook_secret
@@ -163,6 +163,8 @@ class AccountService:
             elif not await uow.accounts.try_debit(account_id, -amount):
                 raise InvalidParameter("deduction exceeds the available credits", param="credits")
             await uow.ledger.add(account_id, kind, amount, note=note, actor=actor)
+            await uow.audit.add(actor, "credits.grant" if amount > 0 else "credits.deduct", account_id,
+                                {"credits": format_credits_text(amount), "kind": kind.value, "note": note})
             account = await uow.accounts.get(account_id)
             await uow.commit()
         assert account is not None

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from apiinone.db import tables as t
 from apiinone.db.database import Database
-from apiinone.domain.credits import UCR_PER_CREDIT, LedgerKind, credits_to_ucr
+from apiinone.domain.credits import UCR_PER_CREDIT, LedgerKind, credits_to_ucr, format_credits_text
 from apiinone.errors import ApiError, InvalidParameter, NotFound
 from apiinone.ids import new_id, now_ms
 
@@ -254,6 +254,7 @@ class BillingService:
         async with self.db.uow() as uow:
             await BillingRepository(uow.conn).add_codes(
                 [(hash_code(c), c[:8]) for c in codes], batch=label, credits=amount, actor=actor, at=now)
+            await uow.audit.add(actor, "codes.create", label, {"count": count, "credits": format_credits_text(amount)})
             await uow.commit()
         return CreatedBatch(batch=label, credits=amount, codes=codes)
 
@@ -311,6 +312,8 @@ class BillingService:
             await uow.ledger.add(order.account_id, LedgerKind.TOPUP, order.credits, note=f"order {order.id}",
                                  actor=actor, at=now)
             paid = await repo.get_order(order_id)
+            await uow.audit.add(actor, "order.paid", order.id, {"account": order.account_id, "note": note,
+                                                                "credits": format_credits_text(order.credits)})
             await uow.commit()
         assert paid is not None
         return paid
@@ -328,6 +331,8 @@ class BillingService:
             if order.status != "pending" or not await repo.move_order(order, "canceled", event):
                 raise OrderStateConflict()
             canceled = await repo.get_order(order_id)
+            if account_id is None:  # an admin's cancel (a user's own is not an admin change)
+                await uow.audit.add(actor, "order.cancel", order.id, {"account": order.account_id, "note": note})
             await uow.commit()
         assert canceled is not None
         return canceled

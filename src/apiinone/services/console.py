@@ -63,7 +63,7 @@ class ConsoleQueries:
         }
 
     async def set_model_override(self, base: Catalog, model_id: str, *, enabled: bool,
-                                 pricing: dict[str, int]) -> None:
+                                 pricing: dict[str, int], actor: str | None = None) -> None:
         """Store the admin's choice for a model; fields equal to the file catalog are not stored."""
         spec = base.models.get(model_id)
         if spec is None:
@@ -77,6 +77,7 @@ class ConsoleQueries:
             if enabled_value is not None or pricing_value is not None:
                 await uow.conn.execute(insert(t.model_overrides).values(
                     model_id=model_id, enabled=enabled_value, pricing=pricing_value, updated_at=now_ms()))
+            await uow.audit.add(actor, "model.update", model_id, {"enabled": enabled, "pricing": pricing})
             await uow.commit()
 
     # --- accounts ----------------------------------------------------------------------------
@@ -85,7 +86,7 @@ class ConsoleQueries:
         async with self.db.uow(write=False) as uow:
             return await uow.accounts.list(query=query or None, limit=limit)
 
-    async def set_disabled(self, account_id: str, disabled: bool) -> None:
+    async def set_disabled(self, account_id: str, disabled: bool, *, actor: str | None = None) -> None:
         """Disabling also ends the account's console sessions in the same transaction."""
         async with self.db.uow() as uow:
             if await uow.accounts.get(account_id) is None:
@@ -93,6 +94,7 @@ class ConsoleQueries:
             await uow.accounts.update(account_id, disabled=disabled)
             if disabled:
                 await uow.conn.execute(delete(t.web_sessions).where(t.web_sessions.c.account_id == account_id))
+            await uow.audit.add(actor, "account.disable" if disabled else "account.enable", account_id)
             await uow.notify(KEYS_CHANNEL, "")  # every API process re-reads its cached keys
             await uow.commit()
 

@@ -189,6 +189,10 @@ class TaskService:
         return CreateResult(task=task, replayed=True, replay_status=int(row["status_code"]),
                             replay_body=str(row["response_body"]).encode())
 
+    async def unfinished_counts(self) -> dict[str, int]:
+        async with self.db.uow(write=False) as uow:
+            return await uow.tasks.count_unfinished()
+
     async def get_task(self, account_id: str, task_id: str) -> Task:
         return await read_account_task(self.db, account_id, task_id)
 

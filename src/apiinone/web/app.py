@@ -16,15 +16,16 @@ from apiinone import __version__
 from apiinone.bootstrap import Container, build_container
 from apiinone.config import Settings
 from apiinone.errors import ApiError, InternalError, InvalidParameter, NotFound, ServiceUnavailable
+from apiinone.telemetry.tracing import Tracer
 from apiinone.web.responses import error_response, json_response
 
 log = structlog.get_logger(__name__)
 
 
 def create_app(settings: Settings | None = None, *, embedded_worker: bool = True,
-               migrate: bool | None = None) -> FastAPI:
+               migrate: bool | None = None, tracer: Tracer | None = None) -> FastAPI:
     settings = settings or Settings()
-    container = build_container(settings)
+    container = build_container(settings, tracer=tracer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +50,10 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
         docs_url=None, redoc_url=None,  # /docs: web/routes/reference.py, from vendored assets
     )
     app.state.container = container
+    if container.tracer is not None and container.tracer.enabled:
+        from apiinone.telemetry.tracing import TracingMiddleware
+
+        app.add_middleware(TracingMiddleware, tracer=container.tracer)
     app.state.on_start = []
     app.state.on_stop = []
     _install_error_handlers(app)

@@ -32,9 +32,19 @@ async def readyz(request: Request) -> Response:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+    from apiinone.telemetry.metrics import refresh_gauges
+
+    container = container_of(request)
+    states = {(spec.id, route.name): container.breakers.state(spec.id, route.name).value
+              for spec in container.catalog.models.values() for route in spec.effective_routes()}
+    try:
+        counts = await container.tasks.unfinished_counts()
+    except Exception:  # the database is down: the process's own series still answer
+        counts = {}
+    refresh_gauges(states, counts.get("queued", 0), counts.get("running", 0))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -273,11 +273,13 @@ async def error_page(request: Request, status: int, title_key: str, body_key: st
 
 def install(app: FastAPI) -> None:
     """Mount the console, admin and model pages, their static files and their error pages."""
-    from apiinone.web.routes import admin, console, console_api
+    from apiinone.web.routes import admin, admin_usage, console, console_api, console_usage
 
     app.include_router(console.router)
     app.include_router(console_api.router)
     app.include_router(admin.router)
+    app.include_router(console_usage.router)
+    app.include_router(admin_usage.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     async def login_required(request: Request, _exc: Exception) -> Response:
