@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from apiinone.db.queue import QueueRepository
+from apiinone.db.remote_jobs import RemoteJobRepository
 from apiinone.db.repositories import (
     AccountRepository,
     ApiKeyRepository,
@@ -34,6 +35,7 @@ class SqlUnitOfWork:
     tasks: TaskRepository
     ledger: LedgerRepository
     queue: QueueRepository
+    remote_jobs: RemoteJobRepository
     idempotency: IdempotencyRepository
     webhooks: WebhookRepository
     route_health: RouteHealthRepository
@@ -54,6 +56,7 @@ class SqlUnitOfWork:
         self.tasks = TaskRepository(self.conn)
         self.ledger = LedgerRepository(self.conn)
         self.queue = QueueRepository(self.conn)
+        self.remote_jobs = RemoteJobRepository(self.conn)
         self.idempotency = IdempotencyRepository(self.conn)
         self.webhooks = WebhookRepository(self.conn)
         self.route_health = RouteHealthRepository(self.conn)
