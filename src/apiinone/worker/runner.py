@@ -236,6 +236,9 @@ class TaskWorker:
             await self.tasks.fail_task(task, exc.code, exc.message, lease_token=token)
             return
         if isinstance(outcome, Deferred):
+            if self.remote_jobs is not None:  # the first look comes no later than the poller's longest interval
+                cap_ms = int(self.remote_jobs.options.max_interval_s * 1000)
+                outcome = Deferred(outcome.remote_job, outcome.route, min(outcome.poll_after_ms, cap_ms))
             deferred = await self.tasks.defer_task(task, token, outcome)
             if deferred is not None and self.remote_jobs is not None and outcome.poll_after_ms <= 0:
                 self.remote_jobs.wakeup.set()
