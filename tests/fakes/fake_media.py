@@ -484,3 +484,29 @@ class FakeMediaUpstream:
 
     def calls(self, method: str, contains: str) -> int:
         return sum(1 for m, p in list(self.state.requests) if m == method and contains in p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.fakes.fake_media --vendor fal --port-file F [--hold]``: a subprocess fake
+    (benchmarks), steered through ``/_fake/config`` and ``/_fake/release``."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--vendor", choices=sorted(BUILDERS), default="fal")
+    parser.add_argument("--port-file", type=Path, required=True)
+    parser.add_argument("--hold", action="store_true")
+    args = parser.parse_args(argv)
+    fake = FakeMediaUpstream(args.vendor).start()
+    fake.configure(hold=args.hold)
+    args.port_file.write_text(str(fake.port))
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
