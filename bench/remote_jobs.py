@@ -86,8 +86,8 @@ pricing = {{ per_second = {{ "720p" = 1 }} }}
         os.environ["BENCH_FAL_KEY"] = KEY
         settings = Settings(env="test", data_dir=tmp / "data", database_url=url, public_url="http://bench",
                             secret_key="bench-secret-key-not-a-placeholder", models_file=tmp / "models.toml",
-                            egress_allow="127.0.0.0/8", log_level=os.environ.get("BENCH_LOG", "WARNING"), worker_poll_s=0.2,
-                            db_pool_size=20)
+                            egress_allow="127.0.0.0/8", log_level=os.environ.get("BENCH_LOG", "WARNING"),
+                            worker_poll_s=0.2, db_pool_size=20)
         container = build_container(settings)
         account = await container.accounts.create_user("bench@example.com", "password123", credits=n * 5 + 10)
         spec = container.catalog.resolve("bench-video")

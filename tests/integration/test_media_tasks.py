@@ -123,3 +123,13 @@ async def test_insufficient_credits_create_nothing(tmp_path: Path, sqlite_url: s
         r = await caller.post(VIDEO, json={"model": "local-slideshow", "prompt": "p", "duration_s": 4})
         assert r.status_code == 402, r.text
         assert (await caller.get("/api/v1/tasks")).json()["data"] == []
+
+
+@pytest.mark.parametrize("model", ["local-slideshow", "minimax-music", "veo-3-fast"])
+async def test_video_and_audio_model_pages_render(sqlite_harness: AppHarness, model: str) -> None:
+    page = await sqlite_harness.client.get(f"/models/{model}")
+    assert page.status_code == 200, page.text[:500]
+    assert "/ s" in page.text or "per_request" in page.text
+    assert "/api/v1/videos/generations" in page.text or "/api/v1/audio/generations" in page.text
+    listing = await sqlite_harness.client.get("/models")
+    assert listing.status_code == 200 and model in listing.text

@@ -15,6 +15,9 @@ def builtin() -> Catalog:
     return Catalog.load()
 
 
+MEDIA_MODELS = ("local-slideshow", "kling-2.1-standard", "wan-2.2-fast", "veo-3-fast", "minimax-music")
+
+
 def test_builtin_models_and_prices(builtin: Catalog) -> None:
     gpt = builtin.models["gpt-image-1.5-official"]
     assert (gpt.provider, gpt.upstream_model, gpt.type) == ("openai", "gpt-image-1.5", "image")
@@ -23,7 +26,13 @@ def test_builtin_models_and_prices(builtin: Catalog) -> None:
     typeset = builtin.models["local-typeset"]
     assert (typeset.provider, typeset.pricing) == ("local-typeset", {"medium": 1, "high": 2})
     assert "not an ai model" in typeset.text("description", "en").lower()
-    assert [m.id for m in builtin.launched()] == ["gpt-image-1.5-official", "local-typeset"]
+    assert [m.id for m in builtin.launched()] == ["gpt-image-1.5-official", "local-typeset", *MEDIA_MODELS]
+    slideshow = builtin.models["local-slideshow"]
+    assert (slideshow.type, slideshow.provider, slideshow.durations) == ("video", "local-slideshow", (2, 4))
+    assert slideshow.pricing == {"per_second": {"720p": 1}}
+    assert "not an ai model" in slideshow.text("description", "en").lower()
+    assert {m.api_key_env for m in builtin.models.values() if m.provider in ("fal", "replicate", "veo")} == {
+        "FAL_KEY", "REPLICATE_API_TOKEN", "GEMINI_API_KEY"}
 
 
 @pytest.mark.parametrize("name", ["gpt-image-1.5-official", "gpt-image-1-5", "gpt-image-1.5", "GPT-Image-1-5",
@@ -67,7 +76,8 @@ api_key_env = "HOUSE_KEY"
     house = catalog.resolve("house")
     assert house is not None and house.id == "house-model" and house.api_key_env == "HOUSE_KEY"
     assert house.launched and house.enabled
-    assert {m.id for m in catalog.launched()} == {"gpt-image-1.5-official", "local-typeset", "house-model"}
+    assert {m.id for m in catalog.launched()} == {"gpt-image-1.5-official", "local-typeset", "house-model",
+                                                  *MEDIA_MODELS}
     assert KIND.parameters_schema(house)["properties"]["quality"]["enum"] == ["medium"]
 
 
@@ -81,7 +91,7 @@ launched = false
 id = "local-typeset"
 enabled = false
 """))
-    assert catalog.launched() == []
+    assert [m.id for m in catalog.launched()] == list(MEDIA_MODELS)
     assert catalog.resolve("gpt-image-1-5") is not None, "lookups still see it; the service refuses it"
 
 
@@ -120,5 +130,5 @@ def test_public_model_object(builtin: Catalog) -> None:
 def test_admin_overrides_make_a_copy(builtin: Catalog) -> None:
     changed = builtin.with_overrides({"local-typeset": {"pricing": {"medium": 5, "high": 9}, "enabled": False}})
     assert changed.models["local-typeset"].pricing == {"medium": 5, "high": 9}
-    assert [m.id for m in changed.launched()] == ["gpt-image-1.5-official"]
+    assert [m.id for m in changed.launched()] == ["gpt-image-1.5-official", *MEDIA_MODELS]
     assert builtin.models["local-typeset"].pricing == {"medium": 1, "high": 2}

@@ -471,10 +471,17 @@ def _parameters(container: Container, spec: ModelSpec, page: Page) -> list[dict[
 
 
 def curl_example(spec: ModelSpec, base_url: str) -> str:
-    body = {"model": spec.aliases[0] if spec.aliases else spec.id, "prompt": EXAMPLE_PROMPT,
-            "quality": "medium" if "medium" in spec.pricing else next(iter(spec.pricing)), "aspect_ratio": "1:1"}
+    body: dict[str, Any] = {"model": spec.aliases[0] if spec.aliases else spec.id, "prompt": EXAMPLE_PROMPT}
+    path = "/api/v1/images/generations"
+    if spec.type == "video":
+        path = "/api/v1/videos/generations"
+        body |= {"duration_s": spec.durations[0] if spec.durations else 4, "aspect_ratio": "16:9"}
+    elif spec.type == "audio":
+        path = "/api/v1/audio/generations"
+    else:
+        body |= {"quality": "medium" if "medium" in spec.pricing else next(iter(spec.pricing)), "aspect_ratio": "1:1"}
     pretty = orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()
-    return (f"curl -X POST {base_url}/api/v1/images/generations \\\n"
+    return (f"curl -X POST {base_url}{path} \\\n"
             '  -H "Authorization: Bearer aio_your_api_key" \\\n'
             '  -H "Content-Type: application/json" \\\n'
             f"  --data-raw '{pretty}'")
@@ -509,8 +516,9 @@ async def model_page(request: Request, model_id: str) -> Response:
     if page.account is not None:
         async with container.db.uow(write=False) as uow:
             credits = await uow.accounts.credits(page.account.id)
-    base_price = min(spec.pricing.values())
-    return render(page, "models/detail.html", section="models", spec=spec,
+    prices = spec.price_rows()
+    base_price = min(price for _what, price in prices)
+    return render(page, "models/detail.html", section="models", spec=spec, prices=prices,
                   available=available,
                   description=spec.text("description", page.lang) or "",
                   capabilities=spec.text("capabilities", page.lang) or [],
