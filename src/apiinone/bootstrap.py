@@ -4,6 +4,7 @@ build their object graph here, from one Settings object."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import httpx
 import structlog
 
 from apiinone.config import Settings
+from apiinone.db.channels import KEYS_CHANNEL, ROUTES_CHANNEL, TASK_EVENTS_CHANNEL, TASKS_CHANNEL, WEBHOOKS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.db.route_health import SqlRouteHealthStore
 from apiinone.domain.catalog import Catalog, ModelSpec
@@ -22,20 +24,38 @@ from apiinone.kinds.base import RemoteKind, RunContext
 from apiinone.kinds.video.media import MAX_RESULT_BYTES_OPTION
 from apiinone.net.egress import EgressPolicy, guarded_transport
 from apiinone.ratelimit import RateLimiter
-from apiinone.services.accounts import KEYS_CHANNEL, AccountService, ApiKeyAuthenticator
-from apiinone.services.events import TASK_EVENTS_CHANNEL, TaskEvents
-from apiinone.services.tasks import TASKS_CHANNEL, WEBHOOKS_CHANNEL, TaskService
+from apiinone.services.accounts import AccountService, ApiKeyAuthenticator
+from apiinone.services.billing import BillingService, packs_from_setting
+from apiinone.services.console import ConsoleQueries
+from apiinone.services.events import TaskEvents
+from apiinone.services.routes import RouteStatusService
+from apiinone.services.sessions import LoginThrottle, SessionService
+from apiinone.services.tasks import TaskService
 from apiinone.storage import storage_from_url
 from apiinone.storage.base import Storage
 from apiinone.storage.s3 import S3Options
-from apiinone.upstreams.breaker import ROUTES_CHANNEL, BreakerBoard
+from apiinone.upstreams.breaker import BreakerBoard
 from apiinone.upstreams.pool import RouteDefaults, RoutePool
 from apiinone.upstreams.registry import AdapterRegistry
 from apiinone.worker.remote_jobs import PollerOptions, RemoteJobPoller
 from apiinone.worker.runner import TaskWorker, WorkerOptions
 from apiinone.worker.wakeup import PostgresListener, Wakeup
 
+MODEL_OVERRIDES_REFRESH_S = 10.0
+
+
 log = structlog.get_logger(__name__)
+
+
+@dataclass
+class ConsoleServices:
+    """What the console pages use besides the API's services."""
+
+    sessions: SessionService
+    billing: BillingService
+    queries: ConsoleQueries
+    throttle: LoginThrottle
+    secret_key: str
 
 
 @dataclass
@@ -47,6 +67,7 @@ class Container:
     adapters: AdapterRegistry
     breakers: BreakerBoard
     pool: RoutePool
+    routes: RouteStatusService
     storage: Storage
     egress: EgressPolicy
     fetch_client: httpx.AsyncClient
@@ -57,13 +78,59 @@ class Container:
     webhook_wakeup: Wakeup
     rate_limits: RateLimiter
     task_events: TaskEvents
+    console: ConsoleServices = None  # type: ignore[assignment]  # set by build_container
     listeners: list[PostgresListener] = field(default_factory=list)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    delivery: Any = None
     worker: TaskWorker | None = None
     task_finished_hooks: list[Callable[..., None]] = field(default_factory=list)
     base_catalog: Catalog | None = None
 
     def catalog_source(self) -> Catalog:
         return self.catalog
+
+    async def refresh_model_overrides(self) -> None:
+        overrides = await self.console.queries.model_overrides()
+        self.apply_model_overrides({model_id: o.as_catalog_fields() for model_id, o in overrides.items()})
+
+    async def _keep_model_overrides_fresh(self) -> None:
+        """Other API processes change overrides too: re-read them every few seconds."""
+        while True:
+            await asyncio.sleep(MODEL_OVERRIDES_REFRESH_S)
+            try:
+                await self.refresh_model_overrides()
+            except Exception as exc:  # database briefly down: keep the last known overrides
+                log.warning("model_overrides_refresh_failed", error=str(exc))
+
+    async def start(self, *, worker: bool = False, delivery: bool = False, console: bool = True) -> None:
+        """Start what this process runs in the background, in one place: cross-process signals,
+        breaker sync, the model-override refresher, and optionally a task worker and webhook delivery."""
+        await self.start_listeners()
+        if console:
+            try:
+                await self.refresh_model_overrides()
+            except Exception as exc:  # a database that is not migrated yet must not stop the app
+                log.warning("model_overrides_load_failed", error=str(exc))
+            self.background.append(asyncio.create_task(self._keep_model_overrides_fresh(), name="model-overrides"))
+        if worker:
+            await self.make_worker().start()
+        if delivery:
+            from apiinone.webhooks.delivery import start_delivery_worker
+
+            self.delivery = await start_delivery_worker(self)
+
+    async def stop(self) -> None:
+        """Stop the background work started by :meth:`start` (the worker drains first)."""
+        if self.delivery is not None:
+            await self.delivery.stop()
+            self.delivery = None
+        if self.worker is not None:
+            await self.worker.stop()
+        for task in self.background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.background.clear()
 
     def apply_model_overrides(self, overrides: dict[str, dict[str, Any]]) -> None:
         """Admin edits (enabled, pricing) over the file catalog: the API and TaskService see them."""
@@ -167,6 +234,7 @@ def build_container(settings: Settings) -> Container:
     webhook_wakeup = Wakeup()
     container = Container(
         settings=settings, db=db, catalog=catalog, kinds=kinds, adapters=adapters, breakers=breakers, pool=pool,
+        routes=None,  # type: ignore[arg-type]  # set just below: it reads the container's catalog
         storage=storage_from_url(settings.resolved_storage_url, s3=S3Options.from_settings(settings),
                                  fsync=settings.storage_fsync),
         egress=egress, fetch_client=fetch_client,
@@ -177,6 +245,14 @@ def build_container(settings: Settings) -> Container:
         # PostgreSQL NOTIFY reaches waiters from any process, so polling there is only a safety net
         task_events=TaskEvents(db, poll_s=settings.worker_poll_s if db.is_sqlite else max(5.0, settings.worker_poll_s)),
     )
+    container.routes = RouteStatusService(container.catalog_source, pool, breakers)
+    container.console = ConsoleServices(
+        sessions=SessionService(db, ttl_ms=settings.session_ttl_days * 86400 * 1000),
+        billing=BillingService(db, packs=packs_from_setting(settings.credit_packs)),
+        queries=ConsoleQueries(db),
+        throttle=LoginThrottle(max_failures=settings.login_max_failures),
+        secret_key=settings.resolved_secret_key(),
+    )
     container.task_finished_hooks.append(container.task_events.publish)
 
     def on_task_finished(task: object) -> None:
@@ -186,7 +262,7 @@ def build_container(settings: Settings) -> Container:
     container.tasks = TaskService(
         db, container.catalog_source, is_available=pool.is_available, base_url=container.base_url,
         on_task_created=task_wakeup.set, on_task_finished=on_task_finished,
-        create_paths={name: kind.create_path for name in kinds.names() if (kind := kinds.get(name)) is not None},
+        create_path_of=lambda type_: (kind.create_path if (kind := kinds.get(type_)) else None),
         on_remote_cancel=container.cancel_remote_job, on_task_progress=container.task_events.publish,
     )
     return container

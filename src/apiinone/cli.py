@@ -173,9 +173,6 @@ def worker(
     model_list = tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
 
     async def body(container: Container) -> None:
-        from apiinone.webhooks.delivery import start_delivery_worker
-
-        await container.start_listeners()
         if model_list is not None:
             model_ids, limits = [], {}
             for entry in model_list:
@@ -195,14 +192,12 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        await container.start(delivery=True, console=False)
         await task_worker.start()
-        delivery = await start_delivery_worker(container)
         typer.echo(f"worker {task_worker.options.node} running (concurrency {task_worker.options.concurrency})",
                    err=True)
         await stop.wait()
-        if delivery is not None:
-            await delivery.stop()
-        await task_worker.stop()
+        await container.stop()
 
     _run_with_container(settings, body)
 

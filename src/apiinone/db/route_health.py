@@ -9,8 +9,9 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from apiinone.db import tables as t
+from apiinone.db.channels import ROUTES_CHANNEL
 from apiinone.db.dialect import insert_or_ignore
-from apiinone.upstreams.breaker import ROUTES_CHANNEL, BreakerState, HealthDelta, RouteHealth
+from apiinone.upstreams.breaker import BreakerState, HealthDelta, RouteHealth
 
 if TYPE_CHECKING:
     from apiinone.db.database import Database

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from sqlalchemy.exc import IntegrityError
 
+from apiinone.db.channels import TASK_EVENTS_CHANNEL, TASKS_CHANNEL, WEBHOOKS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.db.uow import SqlUnitOfWork
 from apiinone.domain.accounts import Account, ApiKey
@@ -34,9 +35,6 @@ from apiinone.errors import (
 from apiinone.ids import new_id, now_ms
 from apiinone.kinds.base import Deferred
 
-TASKS_CHANNEL = "apiinone_tasks"
-TASK_EVENTS_CHANNEL = "apiinone_task_events"
-WEBHOOKS_CHANNEL = "apiinone_webhooks"
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 
@@ -93,43 +91,41 @@ class TaskService:
                  is_available: Callable[[ModelSpec], bool], base_url: Callable[[], str],
                  on_task_created: Callable[[], None] = lambda: None,
                  on_task_finished: Callable[[Task], None] = lambda task: None,
-                 create_paths: dict[str, str] | None = None,
+                 create_path_of: Callable[[str], str | None] = lambda type_: None,
                  on_remote_cancel: Callable[[Task], Awaitable[None]] | None = None,
                  on_task_progress: Callable[[Task], None] = lambda task: None) -> None:
         self.db = db
+        self.create_path_of = create_path_of
         self.catalog_source = catalog_source
         self.is_available = is_available
         self.base_url = base_url
         self.on_task_created = on_task_created
         self.on_task_finished = on_task_finished
-        self.create_paths = create_paths or {}
-        """The route that creates work of each type (named in the wrong-route error)."""
         self.on_remote_cancel = on_remote_cancel
-        self.on_task_progress = on_task_progress
         """Cancels a canceled task's job upstream (best effort, after the commit)."""
+        self.on_task_progress = on_task_progress
 
-    def resolve_model(self, name: str, *, key: ApiKey | None = None) -> ModelSpec:
+    def resolve_model(self, name: str, *, key: ApiKey | None = None, type_: str | None = None) -> ModelSpec:
+        """The launched model ``name`` names, checked for this key, this route's type and an upstream."""
         spec = self.catalog_source().resolve(name)
         if spec is None or not spec.launched or not spec.enabled:
             raise ModelNotFound(f"model {name!r} does not exist; see GET /api/v1/models", param="model")
+        if type_ is not None and spec.type != type_:
+            path = self.create_path_of(spec.type)
+            where = f"; use {path}" if path else ""
+            raise InvalidParameter(f"model {spec.id!r} is a {spec.type} model, not a {type_} model{where}",
+                                   param="model")
         if key is not None and not key.may_use(spec.id):
             raise Forbidden(f"this API key may not use model {spec.id!r}")
         if not self.is_available(spec):
             raise ModelUnavailable(f"model {spec.id!r} has no configured upstream right now")
         return spec
 
-    def check_type(self, spec: ModelSpec, expected: str) -> None:
-        """A model sent to the route of another type: 400 naming the right route."""
-        if spec.type != expected:
-            route = self.create_paths.get(spec.type, f"the {spec.type} route")
-            raise InvalidParameter(f"model {spec.id!r} is a {spec.type} model: use {route}", param="model")
-
     async def create_image_task(self, account: Account, key: ApiKey | None, request: ImageTaskRequest, *,
                                 idempotency: IdempotencyClaim | None = None,
                                 render: Callable[[Task], bytes] | None = None,
                                 status_code: int = 202, max_active_tasks: int | None = None) -> CreateResult:
-        spec = self.resolve_model(request.model, key=key)
-        self.check_type(spec, "image")
+        spec = self.resolve_model(request.model, key=key, type_="image")
         if request.quality not in spec.pricing:
             raise InvalidParameter(f"quality must be one of {', '.join(spec.pricing)}", param="quality")
         price = spec.price(request.quality) * request.n

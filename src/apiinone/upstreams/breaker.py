@@ -28,9 +28,6 @@ from apiinone.ids import now_ms
 
 log = structlog.get_logger(__name__)
 
-ROUTES_CHANNEL = "apiinone_routes"
-
-
 class BreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"

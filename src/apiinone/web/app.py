@@ -17,7 +17,6 @@ from apiinone.bootstrap import Container, build_container
 from apiinone.config import Settings
 from apiinone.errors import ApiError, InternalError, InvalidParameter, NotFound, ServiceUnavailable
 from apiinone.web.responses import error_response, json_response
-from apiinone.webhooks.delivery import start_delivery_worker
 
 log = structlog.get_logger(__name__)
 
@@ -33,20 +32,13 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
             from apiinone.db.migrate import upgrade
 
             upgrade(settings.resolved_database_url)
-        await container.start_listeners()
+        await container.start(worker=embedded_worker, delivery=embedded_worker)
         for start in app.state.on_start:
             await start(container)
-        delivery = None
-        if embedded_worker:
-            await container.make_worker().start()
-            delivery = await start_delivery_worker(container)
         try:
             yield
         finally:
-            if delivery is not None:
-                await delivery.stop()
-            if container.worker is not None:
-                await container.worker.stop()
+            await container.stop()
             for stop in app.state.on_stop:
                 await stop(container)
             await container.aclose()

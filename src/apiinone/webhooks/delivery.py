@@ -23,6 +23,7 @@ import httpx
 import structlog
 
 from apiinone import __version__
+from apiinone.db.channels import WEBHOOKS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.domain.tasks import Task
 from apiinone.domain.webhooks import (
@@ -34,7 +35,6 @@ from apiinone.domain.webhooks import (
 )
 from apiinone.ids import now_ms
 from apiinone.net.egress import EgressPolicy, UrlNotAllowed, guarded_transport
-from apiinone.services.tasks import WEBHOOKS_CHANNEL
 from apiinone.webhooks.signing import webhook_headers
 from apiinone.worker.wakeup import Wakeup
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import httpx
 import structlog
 
+from apiinone.db.channels import TASK_EVENTS_CHANNEL, TASKS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.domain.catalog import Catalog
 from apiinone.domain.tasks import Task, TaskStatus
@@ -28,7 +29,7 @@ from apiinone.kinds import KindRegistry
 from apiinone.kinds.base import Deferred, RunContext, TaskFailure
 from apiinone.kinds.image.job import GeneratedImage
 from apiinone.services.events import notify_payloads
-from apiinone.services.tasks import TASK_EVENTS_CHANNEL, TASKS_CHANNEL, TaskService
+from apiinone.services.tasks import TaskService
 from apiinone.storage.base import Storage
 from apiinone.upstreams.pool import RoutePool
 from apiinone.worker.remote_jobs import RemoteJobPoller

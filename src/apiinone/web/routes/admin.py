@@ -23,7 +23,6 @@ from apiinone.web.routes.pages import (
     checked_form,
     form_text,
     redirect,
-    refresh_model_overrides,
     render,
     services_of,
 )
@@ -223,7 +222,7 @@ async def save_model(request: Request, model_id: str) -> Response:
         await queries.set_model_override(base, model_id, enabled=form.get("enabled") == "on", pricing=pricing)
     except InvalidParameter:
         return await _models_page(page, status=400, error="error.price_invalid")
-    await refresh_model_overrides(container, queries)
+    await container.refresh_model_overrides()
     return redirect(page, "/admin/models", done="model_saved")
 
 
