@@ -126,8 +126,8 @@ pricing = {{ per_second = {{ "720p" = 1 }} }}
         await container.aclose()
         return {"jobs": n, "in_flight": in_flight, "submit_s": submit_s, "looks_per_s": looks / wall,
                 "cpu_pct": 100 * cpu / wall, "cpu_ms_per_look": 1000 * cpu / max(1, looks),
-                "finish_s": finish_s, "succeeded": succeeded, "charged": n * 5 + 10 - int(credits.balance),
-                "held": int(credits.held)}
+                "finish_s": finish_s, "succeeded": succeeded, "charged": n * 5 + 10 - credits.balance / 1_000_000,
+                "held": credits.held / 1_000_000}
     finally:
         fake.terminate()
         fake.wait(timeout=10)

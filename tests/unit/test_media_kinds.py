@@ -27,10 +27,10 @@ def veo() -> ModelSpec:
 
 def test_video_price_is_duration_times_the_resolutions_price(veo: ModelSpec) -> None:
     task_input, price = VIDEO.prepare(veo, {"prompt": "p"})
-    assert (task_input["duration_s"], task_input["resolution"], task_input["aspect_ratio"], price) == (4, "720p", "16:9", 40)
+    assert (task_input["duration_s"], task_input["resolution"], task_input["aspect_ratio"], price) == (4, "720p", "16:9", 40_000_000)
     assert (task_input["width"], task_input["height"]) == (1280, 720)
     task_input, price = VIDEO.prepare(veo, {"prompt": "p", "duration_s": 8, "resolution": "1080p", "aspect_ratio": "9:16"})
-    assert (task_input["width"], task_input["height"], price) == (1080, 1920, 240)
+    assert (task_input["width"], task_input["height"], price) == (1080, 1920, 240_000_000)
     with pytest.raises(InvalidParameter) as bad:
         VIDEO.prepare(veo, {"prompt": "p", "resolution": "480p"})
     assert bad.value.param == "resolution" and "720p, 1080p" in bad.value.message  # cheapest first
@@ -38,10 +38,10 @@ def test_video_price_is_duration_times_the_resolutions_price(veo: ModelSpec) -> 
 
 def test_audio_price_per_request_or_per_second() -> None:
     music = Catalog.load().models["minimax-music"]
-    assert AUDIO.prepare(music, {"prompt": "p"})[1] == 4
+    assert AUDIO.prepare(music, {"prompt": "p"})[1] == 4_000_000  # µcr
     per_second = replace(music, pricing={"per_second": 2}, durations=(10, 30))
     task_input, price = AUDIO.prepare(per_second, {"prompt": "p", "duration_s": 30, "instrumental": True})
-    assert price == 60 and task_input["instrumental"] is True and task_input["lyrics"] is None
+    assert price == 60_000_000 and task_input["instrumental"] is True and task_input["lyrics"] is None
     with pytest.raises(InvalidParameter):
         AUDIO.prepare(per_second, {"prompt": "p", "duration_s": 20})
 

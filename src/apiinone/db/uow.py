@@ -22,6 +22,7 @@ from apiinone.db.repositories import (
     LedgerRepository,
     TaskRepository,
 )
+from apiinone.db.request_log import RequestLogRepository
 from apiinone.db.route_health import RouteHealthRepository
 from apiinone.db.webhooks import WebhookRepository
 
@@ -38,6 +39,7 @@ class SqlUnitOfWork:
     remote_jobs: RemoteJobRepository
     idempotency: IdempotencyRepository
     webhooks: WebhookRepository
+    requests: RequestLogRepository
     route_health: RouteHealthRepository
     conn: AsyncConnection
 
@@ -59,6 +61,7 @@ class SqlUnitOfWork:
         self.remote_jobs = RemoteJobRepository(self.conn)
         self.idempotency = IdempotencyRepository(self.conn)
         self.webhooks = WebhookRepository(self.conn)
+        self.requests = RequestLogRepository(self.conn)
         self.route_health = RouteHealthRepository(self.conn)
         return self
 

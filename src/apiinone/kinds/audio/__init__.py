@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from apiinone.domain.catalog import ModelSpec
+from apiinone.domain.credits import credits_to_ucr
 from apiinone.domain.tasks import MAX_PROMPT_CHARS, Task
 from apiinone.errors import InvalidParameter
 from apiinone.kinds.base import require_price
@@ -46,10 +46,10 @@ class AudioKind(MediaKind):
         task_input: dict[str, Any] = {"prompt": fields["prompt"], "duration_s": duration,
                                       "lyrics": fields.get("lyrics"), "instrumental": bool(fields.get("instrumental"))}
         if "per_request" in spec.pricing:
-            price = int(Decimal(str(spec.pricing["per_request"])))
+            price = credits_to_ucr(spec.pricing["per_request"])
         else:
-            price = int(Decimal(str(spec.pricing["per_second"])) * duration)
-        return task_input, price
+            price = credits_to_ucr(spec.pricing["per_second"]) * duration
+        return task_input, price  # µcr
 
     def parameters_schema(self, spec: ModelSpec) -> dict[str, Any]:
         durations = self.durations(spec)

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from apiinone.domain.catalog import ModelSpec
+from apiinone.domain.credits import credits_to_ucr
 from apiinone.domain.tasks import MAX_PROMPT_CHARS, Task
 from apiinone.errors import InvalidParameter
 from apiinone.kinds.base import require_price
@@ -43,7 +44,7 @@ class VideoKind(MediaKind):
         return sorted(per_second, key=lambda r: (Decimal(str(per_second[r])), list(VIDEO_SIZES).index(r)))
 
     def prepare(self, spec: ModelSpec, fields: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """The task input with defaults filled in, and its price; InvalidParameter names what is wrong."""
+        """The task input with defaults filled in, and its price in µcr; InvalidParameter names what is wrong."""
         durations = list(spec.durations)
         duration = fields.get("duration_s")
         if duration is None:
@@ -59,7 +60,7 @@ class VideoKind(MediaKind):
         task_input = {"prompt": fields["prompt"], "duration_s": duration, "aspect_ratio": aspect,
                       "resolution": resolution, "width": width, "height": height,
                       "input_urls": list(fields.get("input_urls") or [])}
-        price = int(Decimal(str(spec.pricing["per_second"][resolution])) * duration)
+        price = credits_to_ucr(spec.pricing["per_second"][resolution]) * duration
         return task_input, price
 
     def parameters_schema(self, spec: ModelSpec) -> dict[str, Any]:
