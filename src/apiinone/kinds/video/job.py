@@ -45,13 +45,6 @@ class MediaJob:
             return None
         return VIDEO_SIZES.get(self.resolution, {}).get(self.aspect_ratio)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
-
-    @staticmethod
-    def from_dict(data: dict[str, Any]) -> MediaJob:
-        return MediaJob(**{k: v for k, v in data.items() if k in MediaJob.__slots__})
-
 
 @dataclass(frozen=True, slots=True)
 class RemoteJob:
