@@ -9,7 +9,7 @@ import functools
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import structlog
@@ -20,7 +20,10 @@ from apiinone.db.database import Database
 from apiinone.db.route_health import SqlRouteHealthStore
 from apiinone.domain.catalog import Catalog, ModelSpec, RouteSpec
 from apiinone.domain.routes import StoredRoute, merge_routes
+from apiinone.domain.tasks import Task
 from apiinone.kinds import KindRegistry
+from apiinone.kinds.base import RemoteKind, RunContext
+from apiinone.kinds.video.media import MAX_RESULT_BYTES_OPTION
 from apiinone.net.egress import EgressPolicy, guarded_transport
 from apiinone.ratelimit import RateLimiter
 from apiinone.sealing import SecretBox
@@ -40,6 +43,7 @@ from apiinone.telemetry.tracing import Tracer, tracer_from_settings
 from apiinone.upstreams.breaker import BreakerBoard
 from apiinone.upstreams.pool import RouteDefaults, RoutePool
 from apiinone.upstreams.registry import AdapterRegistry
+from apiinone.worker.remote_jobs import PollerOptions, RemoteJobPoller
 from apiinone.worker.runner import TaskWorker, WorkerOptions
 from apiinone.worker.wakeup import PostgresListener, Wakeup
 
@@ -194,11 +198,37 @@ class Container:
             lease_s=s.task_lease_s, max_attempts=s.task_max_attempts, poll_s=s.worker_poll_s, models=models,
             model_limits=model_limits or {}, cluster_caps=caps,
         )
+        poller = RemoteJobPoller(
+            self.tasks, self.catalog_source, self.pool, self.kinds, self.storage, self.fetch_client,
+            PollerOptions(node=options.node, concurrency=s.remote_job_concurrency, lease_s=s.remote_job_lease_s,
+                          poll_s=s.remote_job_poll_s, min_interval_s=s.remote_job_min_interval_s,
+                          max_interval_s=s.remote_job_max_interval_s, job_timeout_s=s.remote_job_timeout_s,
+                          models=models, run_options=self.run_options()),
+            files_base_url=self.base_url)
         self.worker = TaskWorker(self.db, self.tasks, self.catalog_source, self.pool, self.kinds, self.storage,
                                  self.fetch_client, options, files_base_url=self.base_url,
                                  wakeup=self.task_wakeup, on_task_started=self.task_events.publish,
-                                 on_task_images=self.task_events.offer_images)
+                                 on_task_images=self.task_events.offer_images, remote_jobs=poller)
         return self.worker
+
+    def run_options(self) -> dict[str, Any]:
+        return {MAX_RESULT_BYTES_OPTION: self.settings.remote_result_max_bytes}
+
+    async def cancel_remote_job(self, task: Task) -> None:
+        """A client canceled a task whose job runs upstream: ask the upstream to stop it, where its
+        protocol allows (best effort: the task is already canceled and released)."""
+        spec = self.catalog.resolve(task.model)
+        kind = self.kinds.queued(task.type)
+        if spec is None or kind is None or not hasattr(kind, "cancel_remote"):
+            return
+        ctx = RunContext(spec=spec, pool=self.pool, storage=self.storage, fetch_client=self.fetch_client,
+                         files_base_url=self.base_url(), timeout_s=10.0, options=self.run_options())
+        try:
+            canceled = await asyncio.wait_for(cast(RemoteKind, kind).cancel_remote(ctx, task), 10.0)
+        except Exception as exc:
+            log.warning("remote_cancel_failed", task_id=task.id, error=type(exc).__name__)
+            return
+        log.info("remote_job_canceled", task_id=task.id, route=task.route, upstream_canceled=canceled)
 
     def _invalidate_cached_keys(self, key_hash: str) -> None:
         self.keys.invalidate(key_hash or None)
@@ -296,5 +326,6 @@ def build_container(settings: Settings, *, tracer: Tracer | None = None) -> Cont
         db, container.catalog_source, is_available=pool.is_available, base_url=container.base_url,
         on_task_created=task_wakeup.set, on_task_finished=on_task_finished, metering=container.metering,
         create_path_of=lambda type_: (kind.create_path if (kind := kinds.get(type_)) else None),
+        on_remote_cancel=container.cancel_remote_job, on_task_progress=container.task_events.publish,
     )
     return container

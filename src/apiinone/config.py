@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     worker_concurrency: int = 8
     worker_poll_s: float = 1.0
     node_name: str | None = None
+    # Remote jobs (video, audio): how one worker follows jobs that run upstream.
+    remote_job_concurrency: int = Field(default=256, ge=1)
+    remote_job_lease_s: float = Field(default=120.0, gt=0)
+    remote_job_poll_s: float = Field(default=1.0, gt=0)
+    remote_job_min_interval_s: float = Field(default=1.0, ge=0)
+    remote_job_max_interval_s: float = Field(default=30.0, gt=0)
+    remote_job_timeout_s: float = Field(default=6 * 3600.0, gt=0)
+    remote_result_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     # Cluster-wide cap on running tasks per model (JSON object of model id -> count), for upstreams
     # whose rate limit all nodes share, e.g. APIINONE_MODEL_CONCURRENCY='{"gpt-image-1.5-official": 16}'.
     model_concurrency: dict[str, int] = Field(default_factory=dict)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from apiinone.db.audit import AuditRepository
 from apiinone.db.queue import QueueRepository
+from apiinone.db.remote_jobs import RemoteJobRepository
 from apiinone.db.repositories import (
     AccountRepository,
     ApiKeyRepository,
@@ -38,6 +39,7 @@ class SqlUnitOfWork:
     tasks: TaskRepository
     ledger: LedgerRepository
     queue: QueueRepository
+    remote_jobs: RemoteJobRepository
     idempotency: IdempotencyRepository
     webhooks: WebhookRepository
     requests: RequestLogRepository
@@ -62,6 +64,7 @@ class SqlUnitOfWork:
         self.tasks = TaskRepository(self.conn)
         self.ledger = LedgerRepository(self.conn)
         self.queue = QueueRepository(self.conn)
+        self.remote_jobs = RemoteJobRepository(self.conn)
         self.idempotency = IdempotencyRepository(self.conn)
         self.webhooks = WebhookRepository(self.conn)
         self.requests = RequestLogRepository(self.conn)

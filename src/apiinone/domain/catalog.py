@@ -79,6 +79,17 @@ class ModelSpec:
     def price(self, quality: str) -> Any:
         return self.pricing[quality]
 
+    def price_rows(self) -> list[tuple[str, Any]]:
+        """The prices as (what, credits) rows: per quality for images, per second of a resolution
+        for videos (``"720p / s"``), per request or per second for audio."""
+        rows: list[tuple[str, Any]] = []
+        for key, value in self.pricing.items():
+            if isinstance(value, dict):
+                rows.extend((f"{sub} / s", price) for sub, price in value.items())
+            else:
+                rows.append((key, value))
+        return rows
+
     def effective_routes(self) -> tuple[RouteSpec, ...]:
         """The model's routes; a model without ``routes`` has one, made of its own fields."""
         if self.routes:

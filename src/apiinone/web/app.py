@@ -58,9 +58,10 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
     app.state.on_stop = []
     _install_error_handlers(app)
 
-    from apiinone.web.routes import admin_api, api, deliveries, ops, reference
+    from apiinone.web.routes import admin_api, api, deliveries, media, ops, reference
 
     app.include_router(api.router)
+    app.include_router(media.router)
     app.include_router(ops.router)
     app.include_router(deliveries.router)
     app.include_router(admin_api.router)
