@@ -149,7 +149,7 @@ def worker(
                 spec = container.catalog.resolve(name.strip())
                 if spec is None:
                     raise typer.BadParameter(f"unknown model {name!r}")
-                if limit and not limit.strip().isdigit():
+                if limit and not (limit.strip().isascii() and limit.strip().isdigit()):
                     raise typer.BadParameter(f"--models {entry!r}: the limit after '=' must be a whole number")
                 model_ids.append(spec.id)
                 if limit:

@@ -35,7 +35,6 @@ __all__ = [
     "TaskWatch",
     "events_of",
     "notify_payloads",
-    "parse_last_event_id",
 ]
 
 _NOTIFY_MAX_BYTES = 7900  # PostgreSQL caps a NOTIFY payload at 8000 bytes
@@ -62,13 +61,6 @@ def events_of(task: Task, base_url: str) -> list[TaskEvent]:
     if task.status.is_terminal:
         events.append(TaskEvent(3, task.status.value, task.to_public(base_url)))
     return events
-
-
-def parse_last_event_id(value: str | None) -> int:
-    """The last event a reconnecting client saw; anything unreadable means "none"."""
-    if value and value.strip().isdigit():
-        return int(value.strip())
-    return 0
 
 
 def notify_payloads(status: str, task_ids: Iterable[str]) -> list[str]:

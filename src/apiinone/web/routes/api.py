@@ -11,11 +11,13 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
+from apiinone.domain.credits import LedgerKind
 from apiinone.domain.tasks import Task
 from apiinone.errors import InvalidParameter, ModelNotFound, UrlNotAllowedError
-from apiinone.ids import now_ms
+from apiinone.ids import is_task_id, now_ms
+from apiinone.params import MAX_INT64, parse_int, parse_optional_int
 from apiinone.services.tasks import IdempotencyClaim, ImageTaskRequest
-from apiinone.web.deps import authenticate, base_url_of, container_of
+from apiinone.web.deps import authenticate, base_url_of, container_of, idempotency_key
 from apiinone.web.responses import JsonResponse, json_response
 from apiinone.web.routes.events import prefer_wait
 from apiinone.web.schemas import ImageGenerationBody, parse_json_body, read_json_body
@@ -72,15 +74,12 @@ async def create_image_task(request: Request) -> Response:
     key, account = await authenticate(request)
     container = container_of(request)
     await container.rate_limits.check(key, account)
+    wait_s = prefer_wait(request.headers.get("prefer"))  # every header is read before anything changes
+    idem_key = idempotency_key(request)
     raw = await read_json_body(request)
     body = parse_json_body(raw, ImageGenerationBody)
     await check_user_urls(request, body)
-    idem_key = request.headers.get("idempotency-key")
-    claim = None
-    if idem_key is not None:
-        if not IdempotencyClaim.is_valid_key(idem_key):
-            raise InvalidParameter("Idempotency-Key must be 1 to 255 characters", param="Idempotency-Key")
-        claim = IdempotencyClaim.for_body(idem_key, "images.generations", raw)
+    claim = None if idem_key is None else IdempotencyClaim.for_body(idem_key, "images.generations", raw)
     base = base_url_of(request)
     result = await container.tasks.create_image_task(
         account, key,
@@ -90,7 +89,6 @@ async def create_image_task(request: Request) -> Response:
         idempotency=claim, render=lambda t: orjson.dumps(t.to_public(base)),
         max_active_tasks=container.rate_limits.max_active_tasks(account),
     )
-    wait_s = prefer_wait(request.headers.get("prefer"))
     if wait_s is not None:  # waits on a signal, holding no database connection meanwhile
         task = await container.task_events.wait_for_end(account.id, result.task.id, wait_s)
         response = task_response(request, task, 200 if task.status.is_terminal else 202)
@@ -116,20 +114,18 @@ async def get_task(request: Request, task_id: str) -> Response:
 
 
 def _limit(request: Request, default: int = 20, maximum: int = 100) -> int:
-    raw = request.query_params.get("limit")
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
-        raise InvalidParameter(f"limit must be an integer from 1 to {maximum}", param="limit")
-    return int(raw)
+    return parse_optional_int(request.query_params.get("limit"), "limit", low=1, high=maximum, default=default)
 
 
 @router.get("/tasks", summary="List the account's tasks, newest first")
 async def list_tasks(request: Request) -> Response:
     _key, account = await authenticate(request)
     q = request.query_params
+    cursor = q.get("cursor") or None
+    if cursor is not None and not is_task_id(cursor):
+        raise InvalidParameter("cursor is not valid: pass the next_cursor of the previous page", param="cursor")
     tasks, next_cursor = await container_of(request).tasks.list_tasks(
-        account.id, limit=_limit(request), cursor=q.get("cursor") or None,
+        account.id, limit=_limit(request), cursor=cursor,
         status=q.get("status") or None, model=q.get("model") or None)
     base = base_url_of(request)
     return json_response({"data": [t.to_public(base) for t in tasks], "next_cursor": next_cursor})
@@ -170,12 +166,14 @@ async def get_account(request: Request) -> Response:
 async def get_ledger(request: Request) -> Response:
     _key, account = await authenticate(request)
     limit = _limit(request)
-    cursor = request.query_params.get("cursor")
-    if cursor is not None and not cursor.isdigit():
-        raise InvalidParameter("cursor is not valid", param="cursor")
+    cursor = request.query_params.get("cursor") or None
+    before_id = None if cursor is None else parse_int(cursor, "cursor", low=1, high=MAX_INT64)
+    kind = request.query_params.get("kind") or None
+    if kind is not None and kind not in {k.value for k in LedgerKind}:
+        raise InvalidParameter("kind must be one of " + ", ".join(k.value for k in LedgerKind), param="kind")
     async with container_of(request).db.uow(write=False) as uow:
-        entries = await uow.ledger.list(account.id, limit=limit + 1, before_id=int(cursor) if cursor else None,
-                                        kind=request.query_params.get("kind") or None)
+        entries = await uow.ledger.list(account.id, limit=limit + 1, before_id=before_id,
+                                        kind=kind)
     page = entries[:limit]
     data = [{"id": e.id, "kind": e.kind.value, "amount": e.amount, "task_id": e.task_id, "note": e.note,
              "created_at": _iso(e.created_at)} for e in page]

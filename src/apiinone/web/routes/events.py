@@ -10,7 +10,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from apiinone.services.events import TaskEvent, parse_last_event_id
+from apiinone.params import MAX_INT64, parse_int
+from apiinone.services.events import TaskEvent
 from apiinone.web.deps import authenticate, base_url_of, container_of
 
 router = APIRouter(prefix="/api/v1")
@@ -22,17 +23,27 @@ RECONNECT_MS = 2000
 def prefer_wait(header: str | None) -> int | None:
     """Seconds asked for by ``Prefer: wait=N`` (RFC 7240), capped at 60; None if not asked.
 
-    Other preferences in the header are ignored, as are unreadable values: a preference is a
-    hint, never a reason to fail the request."""
+    Other preferences in the header are ignored; a ``wait`` that is not a whole number of seconds
+    in ASCII digits is a 400 (``param`` ``Prefer``). Call it before any work is accepted."""
     if not header:
         return None
     for preference in header.split(","):
         name, _, value = preference.split(";", 1)[0].partition("=")
-        value = value.strip().strip('"')
-        if name.strip().lower() == "wait" and value.isdigit():
-            seconds = min(int(value), MAX_WAIT_S)
-            return seconds if seconds > 0 else None
+        if name.strip().lower() == "wait":
+            seconds = parse_int(value.strip().strip('"'), "Prefer", low=0, high=MAX_INT64, name="Prefer: wait")
+            return min(seconds, MAX_WAIT_S) or None
     return None
+
+
+def last_event_id(request: Request) -> int:
+    """The last event a reconnecting client saw (``Last-Event-ID``, or ``?last_event_id=``); 0 if none."""
+    header = request.headers.get("last-event-id")
+    if header is not None and header.strip():
+        return parse_int(header.strip(), "Last-Event-ID", low=0, high=MAX_INT64)
+    query = request.query_params.get("last_event_id")
+    if query:
+        return parse_int(query, "last_event_id", low=0, high=MAX_INT64)
+    return 0
 
 
 def format_sse(event: TaskEvent | None) -> bytes:
@@ -51,8 +62,8 @@ async def task_events(request: Request, task_id: str) -> Response:
     ``?last_event_id=`` where headers cannot be set) to resume after a disconnect."""
     _key, account = await authenticate(request)
     events = container_of(request).task_events
+    after = last_event_id(request)
     await events.read(account.id, task_id)  # 404 as JSON, before the stream starts
-    after = parse_last_event_id(request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
     base = base_url_of(request)
 
     async def body() -> AsyncIterator[bytes]:

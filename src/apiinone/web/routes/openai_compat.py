@@ -63,10 +63,18 @@ from apiinone.errors import (
     Unauthorized,
 )
 from apiinone.ids import now_ms
+from apiinone.params import (
+    CONTROL_CHARACTERS_MESSAGE,
+    IntegerOutOfRange,
+    NotAnInteger,
+    ascii_int,
+    has_control_characters,
+    parse_int,
+)
 from apiinone.providers.base import GeneratedImage
 from apiinone.services.tasks import CreateResult, IdempotencyClaim, ImageTaskRequest
 from apiinone.storage import new_image_key
-from apiinone.web.deps import authenticate, container_of
+from apiinone.web.deps import authenticate, container_of, idempotency_key
 from apiinone.web.responses import JsonResponse
 from apiinone.web.schemas import read_json_body
 from apiinone.webhooks.fetch import DEFAULT_MAX_PIXELS, sniff_image_type
@@ -180,16 +188,15 @@ def _choice(fields: Mapping[str, object], name: str, allowed: tuple[str, ...] | 
 
 
 def _integer(fields: Mapping[str, object], name: str, default: int, low: int, high: int) -> int:
-    value = fields.get(name, default)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():  # multipart fields are text
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
+    """A JSON number or a multipart text field, read by the one strict parser, in OpenAI's words."""
+    try:
+        return parse_int(fields.get(name, default), name, low=low, high=high)
+    except NotAnInteger as exc:
         raise OpenAIInvalidRequest(f"Invalid type for '{name}': expected an integer.", param=name,
-                                   openai_code="invalid_type")
-    if not low <= value <= high:
-        raise OpenAIInvalidRequest(f"Invalid '{name}': expected a value from {low} to {high}, got {value}.",
-                                   param=name, openai_code="integer_out_of_range")
-    return value
+                                   openai_code="invalid_type") from exc
+    except IntegerOutOfRange as exc:
+        raise OpenAIInvalidRequest(f"Invalid '{name}': expected a value from {low} to {high}.",
+                                   param=name, openai_code="integer_out_of_range") from exc
 
 
 def parse_image_params(fields: Mapping[str, object], allowed: frozenset[str]) -> ImageParams:
@@ -210,6 +217,8 @@ def parse_image_params(fields: Mapping[str, object], allowed: frozenset[str]) ->
     if not 1 <= len(prompt) <= MAX_PROMPT_CHARS:
         raise OpenAIInvalidRequest(f"Invalid 'prompt': expected 1 to {MAX_PROMPT_CHARS} characters.",
                                    param="prompt", openai_code="string_above_max_length" if prompt else "empty_string")
+    if has_control_characters(prompt):
+        raise OpenAIInvalidRequest(f"Invalid 'prompt': it {CONTROL_CHARACTERS_MESSAGE}.", param="prompt")
     if fields.get("stream") not in (None, False, "false"):
         raise OpenAIInvalidRequest("Streaming image generation is not supported by this server.", param="stream")
     if fields.get("partial_images") not in (None, 0, "0"):
@@ -247,12 +256,11 @@ def parse_image_params(fields: Mapping[str, object], allowed: frozenset[str]) ->
 
 
 def _idempotency_claim(request: Request, route: str, fingerprint: bytes) -> IdempotencyClaim | None:
-    key = request.headers.get("idempotency-key")
-    if key is None:
-        return None
-    if not IdempotencyClaim.is_valid_key(key):
-        raise OpenAIInvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
-    return IdempotencyClaim.for_body(key, route, fingerprint)
+    try:
+        key = idempotency_key(request)
+    except InvalidParameter as exc:
+        raise OpenAIInvalidRequest(exc.message, param="Idempotency-Key") from exc
+    return None if key is None else IdempotencyClaim.for_body(key, route, fingerprint)
 
 
 # ------------------------------------------------------------------------------------------ routes
@@ -476,8 +484,8 @@ async def _read_multipart(request: Request) -> tuple[dict[str, str], list[_Uploa
     """Text fields and verified image uploads of a multipart body of at most 50 MB."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise OpenAIInvalidRequest("Invalid Content-Type header, expected multipart/form-data.", param=None)
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_MULTIPART_BYTES:
+    declared = ascii_int(request.headers.get("content-length", ""))
+    if declared is not None and declared > MAX_MULTIPART_BYTES:
         raise PayloadTooLarge(f"multipart bodies are limited to {MAX_MULTIPART_BYTES} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
