@@ -170,3 +170,17 @@ async def test_v1_idempotency_key_counts_characters(sqlite_harness: AppHarness) 
                           headers={"Idempotency-Key": ("键" * 256).encode()})
     assert r.status_code == 400 and r.json()["error"]["param"] == "Idempotency-Key", r.text
     assert await _state(caller) == before
+
+
+# --- /files/: any key the storage refuses is unknown -----------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/files//etc/passwd", "/files/%2fetc%2fpasswd", "/files/abcdefgh/.ct-x",
+                                  "/files/abcdefgh/../../x.png", "/files/abcdefgh//x.png", "/files/abcdefgh/./x.png",
+                                  "/files/abcdefgh/%00.png", "/files/" + "a" * 600])
+async def test_files_route_answers_404_for_keys_the_storage_refuses(
+        sqlite_harness: AppHarness, path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    r = await sqlite_harness.client.get(path)
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["code"] == "not_found"
+    assert "unhandled_error" not in capsys.readouterr().out
