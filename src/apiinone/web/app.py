@@ -101,8 +101,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             return error_response(NotFound("no such route"))
         if exc.status_code == 405:
-            return json_response({"error": {"code": "method_not_allowed", "message": "method not allowed"}}, 405)
-        return json_response({"error": {"code": "http_error", "message": str(exc.detail)}}, exc.status_code)
+            return json_response({"error": {"code": "method_not_allowed", "message": "method not allowed",
+                                            "param": None}}, 405, headers=dict(exc.headers or {}))
+        return json_response({"error": {"code": "http_error", "message": str(exc.detail), "param": None}},
+                             exc.status_code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

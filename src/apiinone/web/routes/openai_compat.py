@@ -123,6 +123,7 @@ def openai_error_for(exc: ApiError) -> JsonResponse:
         code = exc.openai_code
     elif isinstance(exc, Unauthorized):
         code = "invalid_api_key"
+        headers["WWW-Authenticate"] = 'Bearer realm="apiinone"'
     elif isinstance(exc, InsufficientCredits):
         status, type_, code = 429, "insufficient_quota", "insufficient_quota"
         headers["x-should-retry"] = "false"
