@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     # Console: credit packs sold by order ("500,2000,10000" credits at 1 credit = USD 0.01), login
     # throttle (failed logins per email in 15 minutes; 3x that per client address), session lifetime.
     credit_packs: str = "500,2000,10000"
+    signup: Literal["open", "closed"] = "open"  # closed: accounts come from admins and the CLI
     login_max_failures: int = 10
     session_ttl_days: int = 30
     log_level: str = "INFO"

@@ -64,17 +64,29 @@ async def home() -> Response:
     return RedirectResponse("/models", status_code=303)
 
 
+def _signup_closed(page: Page) -> Response | None:
+    """``APIINONE_SIGNUP=closed``: accounts come from admins and the CLI; the page says so."""
+    if page.container.settings.signup == "closed":
+        return render(page, "error.html", status=403, title_key="auth.signup_closed.title",
+                      body_key="auth.signup_closed.body")
+    return None
+
+
 @router.get("/signup")
 async def signup_form(request: Request) -> Response:
     page = await load_page(request)
     if page.account is not None:
         return redirect(page, "/console")
+    if (closed := _signup_closed(page)) is not None:
+        return closed
     return render(page, "auth.html", mode="signup", email="", next_url="/console")
 
 
 @router.post("/signup")
 async def signup(request: Request) -> Response:
     page = await load_page(request)
+    if (closed := _signup_closed(page)) is not None:
+        return closed
     form = await checked_form(page)
     email, password = form_text(form, "email", 320), form_text(form, "password", 1000)
     error = None
@@ -424,12 +436,12 @@ async def change_password(request: Request) -> Response:
     new = form_text(form, "new_password", 1000)
     if len(new) < 8:
         return await _settings_page(page, account, status=400, error="error.password_short")
+    assert page.session is not None
     try:
-        await page.container.accounts.change_password(account.id, form_text(form, "current_password", 1000), new)
+        await page.container.accounts.change_password(account.id, form_text(form, "current_password", 1000), new,
+                                                      keep_session_hash=page.session.id_hash)
     except InvalidParameter:
         return await _settings_page(page, account, status=400, error="error.current_password_wrong")
-    assert page.session is not None
-    await services_of(request).sessions.destroy_all(account.id, except_hash=page.session.id_hash)
     return redirect(page, "/console/settings", done="password_changed")
 
 
