@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from apiinone import __version__
 from apiinone.bootstrap import Container, build_container
-from apiinone.config import Settings
+from apiinone.config import Settings, load_settings
 from apiinone.errors import ApiError, InternalError, InvalidParameter, NotFound, ServiceUnavailable
 from apiinone.web.responses import error_response, json_response
 from apiinone.webhooks.delivery import start_delivery_worker
@@ -24,7 +24,7 @@ log = structlog.get_logger(__name__)
 
 def create_app(settings: Settings | None = None, *, embedded_worker: bool = True,
                migrate: bool | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or load_settings()
     container = build_container(settings)
 
     @asynccontextmanager
