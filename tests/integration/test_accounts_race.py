@@ -97,3 +97,23 @@ async def test_password_change_and_ending_sessions_are_one_transaction(
         assert (await there.get("/console/settings")).status_code == 303  # logged out
         assert (await here.get("/console/settings")).status_code == 200
         await h.container.accounts.authenticate_password("pw@example.com", "another-password")
+
+
+async def test_failed_logins_from_an_attacker_do_not_lock_the_owner_out(sqlite_harness: AppHarness) -> None:
+    import httpx
+
+    h = sqlite_harness
+    await h.container.accounts.create_user("owner@example.com", PASSWORD)
+
+    def client_at(address: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=h.app, client=(address, 40000)),
+                                 base_url="http://testserver")
+
+    async with client_at("203.0.113.5") as attacker, client_at("198.51.100.7") as owner:
+        for _ in range(h.settings.login_max_failures):
+            r = await form(attacker, "/login", "/login", email="owner@example.com", password="guess-guess")
+            assert r.status_code == 401
+        r = await form(attacker, "/login", "/login", email="owner@example.com", password=PASSWORD)
+        assert r.status_code == 429  # the attacker's address is locked for this email
+        r = await form(owner, "/login", "/login", email="owner@example.com", password=PASSWORD)
+        assert r.status_code == 303 and (await owner.get("/console")).status_code == 200

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from apiinone import __version__
 from apiinone.bootstrap import Container, build_container
 from apiinone.config import Settings, load_settings
+from apiinone.db.outage import is_database_outage
 from apiinone.errors import ApiError, InternalError, InvalidParameter, NotFound, ServiceUnavailable
 from apiinone.web.responses import error_response, json_response
 from apiinone.webhooks.delivery import start_delivery_worker
@@ -108,7 +109,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        if _is_database_outage(exc):
+        if is_database_outage(exc):
             log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
             return error_response(ServiceUnavailable("the database is unavailable; retry shortly"))
         log.exception("unhandled_error", path=request.url.path)
@@ -121,25 +122,3 @@ def _install_error_handlers(app: FastAPI) -> None:
     # would see connection resets instead of a clean 503.
     for database_error in (DBAPIError, EmulatedDBAPIException, ConnectionError, TimeoutError):
         app.add_exception_handler(database_error, _unexpected)
-
-
-def _is_database_outage(exc: Exception) -> bool:
-    """Connection-level failures, also those a pool connect raises unwrapped while PostgreSQL starts
-    or stops (SQLSTATE class 08 connection exception, 57P0x shutdown / cannot connect now)."""
-    import socket
-
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
-    cause: BaseException | None = exc
-    for _ in range(5):  # the error itself and a few of its causes
-        if cause is None:
-            return False
-        # not every OSError: a disk error reading an image is no database outage
-        if isinstance(cause, (OperationalError, InterfaceError, ConnectionError, socket.gaierror)):
-            return True
-        if isinstance(cause, DBAPIError) and cause.connection_invalidated:
-            return True
-        if str(getattr(cause, "sqlstate", None) or "").startswith(("08", "57P")):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False

@@ -8,6 +8,7 @@ page with the reason.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator
@@ -131,11 +132,13 @@ async def login(request: Request) -> Response:
                       error=page.t(key))
 
     try:
-        services.throttle.check(email, address)
+        delay_s = services.throttle.check(email, address)
     except RateLimited as exc:
         response = refuse("error.too_many_logins", 429)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
+    if delay_s:  # this email is being guessed from many addresses: slow down, never lock the owner out
+        await asyncio.sleep(delay_s)
     try:
         account = await page.container.accounts.authenticate_password(email, password)
     except Unauthorized:
@@ -143,7 +146,7 @@ async def login(request: Request) -> Response:
         return refuse("error.login_failed", 401)
     except Forbidden:
         return refuse("error.account_disabled", 403)
-    services.throttle.succeeded(email)
+    services.throttle.succeeded(email, address)
     return await _start_session(page, account, next_url)
 
 

@@ -46,6 +46,7 @@ from starlette.responses import Response
 from starlette.types import Message
 
 from apiinone.bootstrap import Container
+from apiinone.db.outage import is_database_outage
 from apiinone.domain.accounts import Account, ApiKey
 from apiinone.domain.tasks import MAX_INPUT_URLS, MAX_PROMPT_CHARS, Task, TaskStatus
 from apiinone.errors import (
@@ -59,6 +60,7 @@ from apiinone.errors import (
     ModelUnavailable,
     PayloadTooLarge,
     RateLimited,
+    ServiceUnavailable,
     TaskNotCancelable,
     Unauthorized,
 )
@@ -146,7 +148,10 @@ class OpenAIErrorsRoute(APIRoute):
                 return await handler(request)
             except ApiError as exc:
                 return openai_error_for(exc)
-            except Exception:
+            except Exception as exc:
+                if is_database_outage(exc):  # as on /api/v1: a 503 the SDK retries, not a 500
+                    log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
+                    return openai_error_for(ServiceUnavailable("the database is unavailable; retry shortly"))
                 log.exception("unhandled_error", path=request.url.path)
                 return openai_error_for(InternalError())
 
