@@ -76,6 +76,9 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
     from apiinone.web.routes import pages
 
     pages.install(app)  # console, admin and model pages, /static
+    from apiinone.web import openapi
+
+    openapi.install(app)
     return app
 
 

@@ -12,11 +12,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from apiinone.domain.credits import LedgerKind
-from apiinone.domain.tasks import Task
+from apiinone.domain.tasks import Task, TaskStatus
 from apiinone.errors import InvalidParameter, ModelNotFound, UrlNotAllowedError
 from apiinone.ids import is_task_id, now_ms
 from apiinone.params import MAX_INT64, parse_int, parse_optional_int
 from apiinone.services.tasks import IdempotencyClaim, ImageTaskRequest
+from apiinone.web import openapi
 from apiinone.web.deps import authenticate, base_url_of, container_of, idempotency_key
 from apiinone.web.responses import JsonResponse, json_response
 from apiinone.web.routes.events import prefer_wait
@@ -26,13 +27,17 @@ from apiinone.webhooks.egress import UrlNotAllowed, check_url
 router = APIRouter(prefix="/api/v1")
 log = structlog.get_logger(__name__)
 
+_CREATE_BODY = ImageGenerationBody.model_json_schema()
+_CREATE_BODY["properties"]["model"]["examples"] = ["local-typeset", "gpt-image-1.5-official"]
 _CREATE_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": ImageGenerationBody.model_json_schema()}},
-    },
-    "responses": {"202": {"description": "Task accepted; body is the task object"}},
+    "requestBody": {"required": True, "content": {"application/json": {"schema": _CREATE_BODY}}},
+    "parameters": [
+        openapi.header("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 255},
+                       "Same key and body within 24 h: the first answer again, charged once"),
+        openapi.header("Prefer", {"type": "string"}, "`wait=N`: hold the answer until the task ends or N s pass"),
+    ],
 }
+_TASK = openapi.ref("Task")
 
 
 async def _touch_key(request: Request) -> None:
@@ -69,6 +74,9 @@ def task_response(request: Request, task: Task, status_code: int) -> JsonRespons
 
 
 @router.post("/images/generations", status_code=202, openapi_extra=_CREATE_DOC,
+             responses={**openapi.ok(_TASK, 202, "Task accepted"),
+                        **openapi.ok(_TASK, 200, "With Prefer: wait, the task ended in time"),
+                        **openapi.errors(402, 409)},
              summary="Create an image generation or edit task")
 async def create_image_task(request: Request) -> Response:
     key, account = await authenticate(request)
@@ -106,7 +114,7 @@ async def create_image_task(request: Request) -> Response:
     return response
 
 
-@router.get("/tasks/{task_id}", summary="Get a task")
+@router.get("/tasks/{task_id}", summary="Get a task", responses=openapi.ok(_TASK))
 async def get_task(request: Request, task_id: str) -> Response:
     _key, account = await authenticate(request)
     task = await container_of(request).tasks.get_task(account.id, task_id)
@@ -117,7 +125,11 @@ def _limit(request: Request, default: int = 20, maximum: int = 100) -> int:
     return parse_optional_int(request.query_params.get("limit"), "limit", low=1, high=maximum, default=default)
 
 
-@router.get("/tasks", summary="List the account's tasks, newest first")
+@router.get("/tasks", summary="List the account's tasks, newest first", responses=openapi.ok(openapi.page_of("Task")),
+            openapi_extra={"parameters": [
+                openapi.query("status", {"enum": [s.value for s in TaskStatus]}, "Only tasks in this status"),
+                openapi.query("model", {"type": "string"}, "Only tasks of this model (id or alias)"),
+                openapi.LIMIT, openapi.CURSOR]})
 async def list_tasks(request: Request) -> Response:
     _key, account = await authenticate(request)
     q = request.query_params
@@ -131,21 +143,23 @@ async def list_tasks(request: Request) -> Response:
     return json_response({"data": [t.to_public(base) for t in tasks], "next_cursor": next_cursor})
 
 
-@router.post("/tasks/{task_id}/cancel", summary="Cancel a queued or running task")
+@router.post("/tasks/{task_id}/cancel", summary="Cancel a queued or running task",
+             responses={**openapi.ok(_TASK), **openapi.errors(409)})
 async def cancel_task(request: Request, task_id: str) -> Response:
     _key, account = await authenticate(request)
     task = await container_of(request).tasks.cancel_task(account.id, task_id)
     return json_response(task.to_public(base_url_of(request)))
 
 
-@router.get("/models", summary="List launched models (no key needed)")
+@router.get("/models", summary="List launched models (no key needed)", responses=openapi.ok(openapi.page_of("Model")))
 async def list_models(request: Request) -> Response:
     container = container_of(request)
     data = [m.to_public(container.providers.is_available(m)) for m in container.catalog.launched()]
     return json_response({"object": "list", "data": data, "next_cursor": None})
 
 
-@router.get("/models/{model_id}", summary="Get one model by id or alias (no key needed)")
+@router.get("/models/{model_id}", summary="Get one model by id or alias (no key needed)",
+            responses=openapi.ok(openapi.ref("Model")))
 async def get_model(request: Request, model_id: str) -> Response:
     container = container_of(request)
     spec = container.catalog.resolve(model_id)
@@ -154,7 +168,7 @@ async def get_model(request: Request, model_id: str) -> Response:
     return json_response(spec.to_public(container.providers.is_available(spec)))
 
 
-@router.get("/account", summary="The account and its credits")
+@router.get("/account", summary="The account and its credits", responses=openapi.ok(openapi.ref("Account")))
 async def get_account(request: Request) -> Response:
     _key, account = await authenticate(request)
     async with container_of(request).db.uow(write=False) as uow:
@@ -162,7 +176,12 @@ async def get_account(request: Request) -> Response:
     return json_response({"id": account.id, "email": account.email, "credits": credits.to_public()})
 
 
-@router.get("/account/ledger", summary="Credit ledger entries, newest first")
+@router.get("/account/ledger", summary="Credit ledger entries, newest first",
+            responses=openapi.ok(openapi.page_of("LedgerEntry")),
+            openapi_extra={"parameters": [
+                openapi.query("kind", {"enum": [k.value for k in LedgerKind]}, "Only entries of this kind"),
+                openapi.LIMIT, openapi.query("cursor", {"type": "string", "pattern": "^[0-9]+$"},
+                                             "The `next_cursor` of the previous page")]})
 async def get_ledger(request: Request) -> Response:
     _key, account = await authenticate(request)
     limit = _limit(request)
@@ -186,14 +205,16 @@ def _iso(ms: int) -> str | None:
     return iso(ms)
 
 
-@router.get("/account/webhook-secret", summary="The account's webhook signing secret")
+@router.get("/account/webhook-secret", summary="The account's webhook signing secret",
+            responses=openapi.ok(openapi.ref("WebhookSecret")))
 async def get_webhook_secret(request: Request) -> Response:
     _key, account = await authenticate(request)
     fresh = await container_of(request).accounts.get(account.id)
     return json_response({"secret": fresh.webhook_secret})
 
 
-@router.post("/account/webhook-secret/rotate", summary="Rotate the webhook secret (old one valid 24 h)")
+@router.post("/account/webhook-secret/rotate", summary="Rotate the webhook secret (old one valid 24 h)",
+             responses=openapi.ok(openapi.ref("WebhookSecret")))
 async def rotate_webhook_secret(request: Request) -> Response:
     _key, account = await authenticate(request)
     secret = await container_of(request).accounts.rotate_webhook_secret(account.id)

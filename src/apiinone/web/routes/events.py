@@ -12,11 +12,19 @@ from starlette.responses import Response, StreamingResponse
 
 from apiinone.params import MAX_INT64, parse_int
 from apiinone.services.events import TaskEvent
+from apiinone.web import openapi
 from apiinone.web.deps import authenticate, base_url_of, container_of
 
 router = APIRouter(prefix="/api/v1")
 
 MAX_WAIT_S = 60
+_SSE_EVENT = {  # one event of the stream (schema per event, as for OpenAPI 3.2's itemSchema)
+    "type": "object", "required": ["event", "data"],
+    "properties": {"id": {"type": "string", "pattern": "^[0-9]+$"},
+                   "event": {"enum": ["queued", "running", "succeeded", "failed", "canceled"]},
+                   "data": {"type": "string", "contentMediaType": "application/json"},
+                   "retry": {"type": "integer"}},
+}
 RECONNECT_MS = 2000
 
 
@@ -54,8 +62,14 @@ def format_sse(event: TaskEvent | None) -> bytes:
 
 @router.get("/tasks/{task_id}/events", summary="Stream a task's status changes (Server-Sent Events)",
             response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}},
-                             "description": "queued, running, then the terminal status with the task object"}})
+            responses=openapi.ok(_SSE_EVENT, 200,
+                                 "queued, running, then the terminal status with the task object",
+                                 "text/event-stream"),
+            openapi_extra={"parameters": [
+                openapi.header("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                               "Resume after this event"),
+                openapi.query("last_event_id", {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                              "Resume after this event, where headers cannot be set")]})
 async def task_events(request: Request, task_id: str) -> Response:
     """Events ``queued`` (id 1), ``running`` (id 2) and the terminal status (id 3, data = the task
     object); the stream ends after the terminal event. Send ``Last-Event-ID`` (or

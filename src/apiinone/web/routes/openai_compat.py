@@ -76,6 +76,7 @@ from apiinone.params import (
 from apiinone.providers.base import GeneratedImage
 from apiinone.services.tasks import CreateResult, IdempotencyClaim, ImageTaskRequest
 from apiinone.storage import new_image_key
+from apiinone.web import openapi
 from apiinone.web.deps import authenticate, container_of, idempotency_key
 from apiinone.web.responses import JsonResponse
 from apiinone.web.schemas import read_json_body
@@ -272,7 +273,27 @@ def _idempotency_claim(request: Request, route: str, fingerprint: bytes) -> Idem
 # ------------------------------------------------------------------------------------------ routes
 
 
-@router.post("/images/generations", summary="Create images (OpenAI Images API, synchronous)")
+_IMAGE_FIELDS: dict[str, Any] = {
+    "model": {"type": "string", "examples": ["local-typeset"]},
+    "prompt": {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS},
+    "n": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGES}, "size": {"enum": list(SIZES)},
+    "quality": {"enum": list(QUALITY_TIERS)}, "response_format": {"enum": list(RESPONSE_FORMATS)},
+    "output_format": {"enum": list(OUTPUT_FORMATS)},
+    "output_compression": {"type": "integer", "minimum": 0, "maximum": 100},
+    "background": {"enum": list(BACKGROUNDS)}, "user": {"type": "string", "maxLength": MAX_USER_CHARS},
+    "stream": {"type": "boolean"}, "partial_images": {"type": "integer"},
+}
+_IMAGE_ERRORS = openapi.errors(409, 502, 504)
+_IDEMPOTENCY_HEADER = openapi.header("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 255},
+                                     "Retry-safe: the same key and body answer the same images, charged once")
+
+
+@router.post("/images/generations", summary="Create images (OpenAI Images API, synchronous)",
+             responses={**openapi.ok(openapi.ref("OpenAIImages")), **_IMAGE_ERRORS},
+             openapi_extra={"parameters": [_IDEMPOTENCY_HEADER], "requestBody": {"required": True, "content": {
+                 "application/json": {"schema": {
+                     "type": "object", "required": ["model", "prompt"], "additionalProperties": False,
+                     "properties": {**_IMAGE_FIELDS, "moderation": {"enum": ["low", "auto"]}}}}}}})
 async def create_images(request: Request) -> Response:
     key, account = await authenticate(request)
     container = container_of(request)
@@ -291,7 +312,14 @@ async def create_images(request: Request) -> Response:
     return await _respond(request, container, account, params, claim, result)
 
 
-@router.post("/images/edits", summary="Edit images (OpenAI Images API, multipart, synchronous)")
+@router.post("/images/edits", summary="Edit images (OpenAI Images API, multipart, synchronous)",
+             responses={**openapi.ok(openapi.ref("OpenAIImages")), **_IMAGE_ERRORS},
+             openapi_extra={"parameters": [_IDEMPOTENCY_HEADER], "requestBody": {"required": True, "content": {
+                 "multipart/form-data": {"schema": {
+                     "type": "object", "required": ["model", "prompt", "image"],
+                     "properties": {**_IMAGE_FIELDS, "input_fidelity": {"enum": ["low", "high"]},
+                                    "image": {"type": "string", "format": "binary"},
+                                    "mask": {"type": "string", "format": "binary"}}}}}}})
 async def edit_images(request: Request) -> Response:
     key, account = await authenticate(request)
     container = container_of(request)
@@ -328,7 +356,9 @@ async def edit_images(request: Request) -> Response:
     return await _respond(request, container, account, params, claim, result)
 
 
-@router.get("/models", summary="Models this key can call (OpenAI list shape)")
+@router.get("/models", summary="Models this key can call (OpenAI list shape)", responses=openapi.ok({
+    "type": "object", "required": ["object", "data"],
+    "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": openapi.ref("OpenAIModel")}}}))
 async def list_models(request: Request) -> Response:
     await authenticate(request)
     container = container_of(request)
@@ -336,7 +366,8 @@ async def list_models(request: Request) -> Response:
     return JsonResponse({"object": "list", "data": data})
 
 
-@router.get("/models/{model_id:path}", summary="One model by id or alias (OpenAI shape)")
+@router.get("/models/{model_id:path}", summary="One model by id or alias (OpenAI shape)",
+            responses=openapi.ok(openapi.ref("OpenAIModel")))
 async def get_model(request: Request, model_id: str) -> Response:
     await authenticate(request)
     spec = container_of(request).catalog.resolve(model_id)
