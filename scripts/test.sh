@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to every check: install, start PostgreSQL/Redis if down,
-# install Chromium for the browser tests if missing, then ruff, mypy --strict and pytest.
+# install Chromium, wrk and openssl for the browser, benchmark and TLS tests if missing, then ruff, mypy
+# --strict and pytest. With CI=true a part of the suite that cannot run fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev
@@ -9,6 +10,7 @@ need=""
 command -v chromium >/dev/null 2>&1 || need="$need chromium"
 [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need="$need fonts-wqy-microhei"
 command -v wrk >/dev/null 2>&1 || need="$need wrk"
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
 if [ -n "$need" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing Debian packages for the browser tests and the bench smoke test:$need" >&2
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null) || true

@@ -50,3 +50,15 @@ def test_header_text_is_the_utf8_the_client_sent() -> None:
                                           ("\x85", True), ("\x0b", True)])
 def test_control_characters(text: str, bad: bool) -> None:
     assert has_control_characters(text) is bad
+
+
+def test_require_fails_in_ci_and_skips_loudly_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import require
+
+    require(True, "present")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="must run in CI"):
+        require(False, "wrk is not installed")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="outside CI only"):
+        require(False, "wrk is not installed")
