@@ -344,7 +344,11 @@ async def edit_images(request: Request) -> Response:
     try:  # stored before the task exists, so a worker never leases a task whose inputs are missing
         for upload in [*images, *masks]:
             storage_key = f"inputs/{new_image_key(upload.content_type)}"
-            await container.storage.put(storage_key, upload.data, upload.content_type)
+            try:
+                await container.storage.put(storage_key, upload.data, upload.content_type)
+            except OSError as exc:  # disk full or storage down: nothing accepted, nothing charged
+                log.warning("upload_store_failed", error=type(exc).__name__, errno=exc.errno)
+                raise ServiceUnavailable("the uploaded images could not be stored; retry shortly") from exc
             stored.append({"key": storage_key, "content_type": upload.content_type,
                            "role": "mask" if upload.field == "mask" else "image"})
         result = await _create(container, key, account, params, claim, input_files=tuple(stored))
