@@ -13,15 +13,17 @@ import re
 from apiinone.errors import InvalidParameter
 
 _ASCII_INT = re.compile(r"-?[0-9]{1,19}")
-"""At most 19 digits: every value fits in a signed 64-bit column, and the text stays short."""
+"""At most 19 digits, so the text stays short; values beyond 64 bits are refused too."""
+MAX_INT64 = 2**63 - 1
 
 
 def ascii_int(text: str) -> int | None:
-    """The integer written in ``text`` (ASCII digits, optional ``-``, at most 19 digits), else None."""
-    return int(text) if _ASCII_INT.fullmatch(text) else None
-
-
-MAX_INT64 = 2**63 - 1
+    """The integer written in ``text`` (ASCII digits, optional ``-``) if it fits a signed 64-bit
+    column, else None."""
+    if not _ASCII_INT.fullmatch(text):
+        return None
+    value = int(text)
+    return value if -MAX_INT64 - 1 <= value <= MAX_INT64 else None
 
 
 class NotAnInteger(InvalidParameter):

@@ -184,3 +184,14 @@ async def test_files_route_answers_404_for_keys_the_storage_refuses(
     assert r.status_code == 404, r.text
     assert r.json()["error"]["code"] == "not_found"
     assert "unhandled_error" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cursor", ["²", "١", "9999999999999999999", "99999999999999999999999", "tsk_x", "-1"])
+@pytest.mark.parametrize("page", ["/console/tasks", "/console/billing"])
+async def test_console_pages_ignore_unreadable_cursors(sqlite_harness: AppHarness, page: str, cursor: str) -> None:
+    from tests.integration.test_console_web import browser, signup
+
+    async with browser(sqlite_harness) as client:
+        assert (await signup(client)).status_code == 303
+        r = await client.get(page, params={"cursor": cursor})
+        assert r.status_code == 200, r.text[:500]

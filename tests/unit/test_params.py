@@ -15,12 +15,12 @@ from apiinone.params import (
 )
 
 
-@pytest.mark.parametrize(("text", "value"), [("0", 0), ("42", 42), ("-7", -7), ("007", 7), ("9" * 19, int("9" * 19))])
+@pytest.mark.parametrize(("text", "value"), [("0", 0), ("42", 42), ("-7", -7), ("007", 7), (str(2**63 - 1), 2**63 - 1), (str(-(2**63)), -(2**63))])
 def test_ascii_int_reads_ascii_digits(text: str, value: int) -> None:
     assert ascii_int(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "²", "١", "٣", "१", "1.5", " 1", "1 ", "+1", "0x1", "1_000", "9" * 20, "--1", "-"])
+@pytest.mark.parametrize("text", ["", "²", "١", "٣", "१", "1.5", " 1", "1 ", "+1", "0x1", "1_000", "9" * 20, "9" * 19, str(2**63), "--1", "-"])
 def test_ascii_int_refuses_everything_else(text: str) -> None:
     assert ascii_int(text) is None
 

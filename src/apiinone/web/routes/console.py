@@ -24,7 +24,8 @@ from apiinone.domain.catalog import ModelSpec
 from apiinone.domain.credits import LedgerKind
 from apiinone.domain.tasks import ASPECT_RATIOS, TaskStatus, iso
 from apiinone.errors import ApiError, Forbidden, InvalidParameter, NotFound, RateLimited, Unauthorized
-from apiinone.ids import now_ms
+from apiinone.ids import is_task_id, now_ms
+from apiinone.params import ascii_int
 from apiinone.services.accounts import normalize_email
 from apiinone.services.billing import OrderStateConflict, RedemptionFailed
 from apiinone.services.sessions import SESSION_COOKIE
@@ -255,6 +256,8 @@ async def tasks_page(request: Request) -> Response:
         status = None
     model = q.get("model") or None
     cursor = q.get("cursor") or None
+    if cursor is not None and not is_task_id(cursor):  # a page shows the first page rather than an error
+        cursor = None
     tasks, next_cursor = await page.container.tasks.list_tasks(account.id, limit=TASKS_PAGE, cursor=cursor,
                                                                status=status, model=model)
     models = sorted(m.id for m in page.container.catalog.models.values())
@@ -322,7 +325,7 @@ async def _billing_page(page: Page, account: Account, *, status: int = 200, erro
     if kind not in {k.value for k in LedgerKind}:
         kind = ""
     cursor = q.get("cursor") or ""
-    before = int(cursor) if cursor.isdigit() else None
+    before = ascii_int(cursor) if cursor else None
     services = services_of(page.request)
     async with page.container.db.uow(write=False) as uow:
         credits = await uow.accounts.credits(account.id)
