@@ -195,3 +195,19 @@ async def test_console_pages_ignore_unreadable_cursors(sqlite_harness: AppHarnes
         assert (await signup(client)).status_code == 303
         r = await client.get(page, params={"cursor": cursor})
         assert r.status_code == 200, r.text[:500]
+
+
+async def test_prefer_wait_failure_after_accept_still_answers_the_task(
+        sqlite_harness: AppHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task is created and held before the wait: if the wait fails (database gone), the client
+    gets its task (202), never an error it would retry and pay for twice."""
+    caller = await sqlite_harness.caller(credits=10)
+
+    async def outage(*_args: object, **_kw: object) -> object:
+        raise ConnectionRefusedError("injected: database gone during the wait")
+
+    monkeypatch.setattr(sqlite_harness.container.task_events, "wait_for_end", outage)
+    r = await caller.post("/api/v1/images/generations", json=SEED, headers={"Prefer": "wait=5"})
+    assert r.status_code == 202, r.text
+    monkeypatch.undo()
+    assert (await caller.get(f"/api/v1/tasks/{r.json()['task_id']}")).status_code == 200

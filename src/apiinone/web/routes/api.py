@@ -98,7 +98,11 @@ async def create_image_task(request: Request) -> Response:
         max_active_tasks=container.rate_limits.max_active_tasks(account),
     )
     if wait_s is not None:  # waits on a signal, holding no database connection meanwhile
-        task = await container.task_events.wait_for_end(account.id, result.task.id, wait_s)
+        try:
+            task = await container.task_events.wait_for_end(account.id, result.task.id, wait_s)
+        except Exception as exc:  # the task is accepted and held: answer it, never an error for it
+            log.warning("prefer_wait_failed", task_id=result.task.id, error=type(exc).__name__)
+            task = result.task
         response = task_response(request, task, 200 if task.status.is_terminal else 202)
         response.headers["Preference-Applied"] = f"wait={wait_s}"
         if result.replayed:
