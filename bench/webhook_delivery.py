@@ -28,8 +28,8 @@ from apiinone.db.migrate import upgrade
 from apiinone.domain.accounts import Account
 from apiinone.ids import new_id, now_ms
 from apiinone.logging import configure_logging
+from apiinone.net.egress import EgressPolicy
 from apiinone.webhooks.delivery import DeliveryClients, DeliveryOptions, DeliveryWorker
-from apiinone.webhooks.egress import EgressPolicy
 from apiinone.webhooks.signing import new_webhook_secret
 from apiinone.worker.wakeup import Wakeup
 

@@ -9,7 +9,7 @@
 #   APIINONE_DATABASE_URL=postgresql+asyncpg://user@host/db scripts/cluster.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/apiinone ] || scripts/setup.sh
+scripts/setup.sh  # quick when the install is current
 PORT=${PORT:-8000}
 DB=${CLUSTER_DB:-apiinone_cluster}
 export APIINONE_DATABASE_URL=${APIINONE_DATABASE_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/$DB}

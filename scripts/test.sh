@@ -7,13 +7,24 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh dev
 scripts/services.sh
 need=""
-command -v chromium >/dev/null 2>&1 || need="$need chromium"
-[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need="$need fonts-wqy-microhei"
-command -v wrk >/dev/null 2>&1 || need="$need wrk"
-command -v openssl >/dev/null 2>&1 || need="$need openssl"
-if [ -n "$need" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing Debian packages for the browser tests and the bench smoke test:$need" >&2
+why() { echo "  $1: $2" >&2; need="$need $1"; }
+missing() {
+  command -v chromium >/dev/null 2>&1 ||
+    why chromium "headless browser for the console, /docs and README screenshot tests (tests/e2e/*browser*, *screenshots*)"
+  [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] ||
+    why fonts-wqy-microhei "CJK font: Chinese prompts drawn by local-typeset and the zh-CN console pages in Chromium"
+  command -v wrk >/dev/null 2>&1 || why wrk "HTTP load generator for the benchmark smoke test (tests/e2e/test_bench_smoke.py)"
+  command -v openssl >/dev/null 2>&1 || why openssl "certificates for the egress TLS test (tests/integration/test_egress_transport.py)"
+}
+echo "== Debian packages the tests need" >&2
+missing
+if [ -z "$need" ]; then
+  echo "  all present (chromium, fonts-wqy-microhei, wrk, openssl)" >&2
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing with apt-get:$need" >&2
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null) || true
+else
+  echo "not root or no apt-get: install them yourself (apt-get install$need), or the tests above fail" >&2
 fi
 echo "== ruff" >&2
 .venv/bin/ruff check src tests bench

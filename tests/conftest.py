@@ -79,7 +79,8 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
     values: dict[str, Any] = {
         "env": "test", "data_dir": tmp_path / "data", "database_url": database_url,
         "public_url": "http://testserver", "secret_key": "test-secret-key-not-a-placeholder",
-        "worker_poll_s": 0.2, "task_lease_s": 5.0, "openai_backoff_s": 0.01, "log_json": True,
+        "worker_poll_s": 0.2, "task_lease_s": 5.0, "openai_backoff_s": 0.01, "route_backoff_s": 0.01,
+        "log_json": True,
     }
     values.update(overrides)
     return Settings(**values)

@@ -3,27 +3,55 @@ build their object graph here, from one Settings object."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import structlog
 
 from apiinone.config import Settings
+from apiinone.db.channels import KEYS_CHANNEL, ROUTES_CHANNEL, TASK_EVENTS_CHANNEL, TASKS_CHANNEL, WEBHOOKS_CHANNEL
 from apiinone.db.database import Database
-from apiinone.domain.catalog import Catalog
-from apiinone.providers.registry import ProviderRegistry
+from apiinone.db.route_health import SqlRouteHealthStore
+from apiinone.domain.catalog import Catalog, ModelSpec
+from apiinone.kinds import KindRegistry
+from apiinone.net.egress import EgressPolicy, guarded_transport
 from apiinone.ratelimit import RateLimiter
-from apiinone.services.accounts import KEYS_CHANNEL, AccountService, ApiKeyAuthenticator
-from apiinone.services.events import TASK_EVENTS_CHANNEL, TaskEvents
-from apiinone.services.tasks import TASKS_CHANNEL, WEBHOOKS_CHANNEL, TaskService
+from apiinone.services.accounts import AccountService, ApiKeyAuthenticator
+from apiinone.services.billing import BillingService, packs_from_setting
+from apiinone.services.console import ConsoleQueries
+from apiinone.services.events import TaskEvents
+from apiinone.services.routes import RouteStatusService
+from apiinone.services.sessions import LoginThrottle, SessionService
+from apiinone.services.tasks import TaskService
 from apiinone.storage import storage_from_url
 from apiinone.storage.base import Storage
 from apiinone.storage.s3 import S3Options
-from apiinone.webhooks.egress import EgressPolicy, guarded_transport
+from apiinone.upstreams.breaker import BreakerBoard
+from apiinone.upstreams.pool import RouteDefaults, RoutePool
+from apiinone.upstreams.registry import AdapterRegistry
 from apiinone.worker.runner import TaskWorker, WorkerOptions
 from apiinone.worker.wakeup import PostgresListener, Wakeup
+
+MODEL_OVERRIDES_REFRESH_S = 10.0
+
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class ConsoleServices:
+    """What the console pages use besides the API's services."""
+
+    sessions: SessionService
+    billing: BillingService
+    queries: ConsoleQueries
+    throttle: LoginThrottle
+    secret_key: str
 
 
 @dataclass
@@ -31,7 +59,11 @@ class Container:
     settings: Settings
     db: Database
     catalog: Catalog
-    providers: ProviderRegistry
+    kinds: KindRegistry
+    adapters: AdapterRegistry
+    breakers: BreakerBoard
+    pool: RoutePool
+    routes: RouteStatusService
     storage: Storage
     egress: EgressPolicy
     fetch_client: httpx.AsyncClient
@@ -42,7 +74,10 @@ class Container:
     webhook_wakeup: Wakeup
     rate_limits: RateLimiter
     task_events: TaskEvents
+    console: ConsoleServices = None  # type: ignore[assignment]  # set by build_container
     listeners: list[PostgresListener] = field(default_factory=list)
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    delivery: Any = None
     worker: TaskWorker | None = None
     task_finished_hooks: list[Callable[..., None]] = field(default_factory=list)
     base_catalog: Catalog | None = None
@@ -50,11 +85,58 @@ class Container:
     def catalog_source(self) -> Catalog:
         return self.catalog
 
+    async def refresh_model_overrides(self) -> None:
+        overrides = await self.console.queries.model_overrides()
+        self.apply_model_overrides({model_id: o.as_catalog_fields() for model_id, o in overrides.items()})
+
+    async def _keep_model_overrides_fresh(self) -> None:
+        """Other API processes change overrides too: re-read them every few seconds."""
+        while True:
+            await asyncio.sleep(MODEL_OVERRIDES_REFRESH_S)
+            try:
+                await self.refresh_model_overrides()
+            except Exception as exc:  # database briefly down: keep the last known overrides
+                log.warning("model_overrides_refresh_failed", error=str(exc))
+
+    async def start(self, *, worker: bool = False, delivery: bool = False, console: bool = True) -> None:
+        """Start what this process runs in the background, in one place: cross-process signals,
+        breaker sync, the model-override refresher, and optionally a task worker and webhook delivery."""
+        await self.start_listeners()
+        if console:
+            try:
+                await self.refresh_model_overrides()
+            except Exception as exc:  # a database that is not migrated yet must not stop the app
+                log.warning("model_overrides_load_failed", error=str(exc))
+            self.background.append(asyncio.create_task(self._keep_model_overrides_fresh(), name="model-overrides"))
+        if worker:
+            await self.make_worker().start()
+        if delivery:
+            from apiinone.webhooks.delivery import start_delivery_worker
+
+            self.delivery = await start_delivery_worker(self)
+
+    async def stop(self) -> None:
+        """Stop the background work started by :meth:`start` (the worker drains first)."""
+        if self.delivery is not None:
+            await self.delivery.stop()
+            self.delivery = None
+        if self.worker is not None:
+            await self.worker.stop()
+        for task in self.background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.background.clear()
+
     def apply_model_overrides(self, overrides: dict[str, dict[str, Any]]) -> None:
         """Admin edits (enabled, pricing) over the file catalog: the API and TaskService see them."""
         if self.base_catalog is None:
             self.base_catalog = self.catalog
         self.catalog = self.base_catalog.with_overrides(overrides)
+
+    def model_public(self, spec: ModelSpec) -> dict[str, Any]:
+        kind = self.kinds.get(spec.type)
+        return spec.to_public(self.pool.is_available(spec), kind.parameters_schema(spec) if kind else None)
 
     def base_url(self) -> str:
         return self.settings.base_url()
@@ -71,7 +153,7 @@ class Container:
             lease_s=s.task_lease_s, max_attempts=s.task_max_attempts, poll_s=s.worker_poll_s, models=models,
             model_limits=model_limits or {}, cluster_caps=caps,
         )
-        self.worker = TaskWorker(self.db, self.tasks, self.catalog_source, self.providers, self.storage,
+        self.worker = TaskWorker(self.db, self.tasks, self.catalog_source, self.pool, self.kinds, self.storage,
                                  self.fetch_client, options, files_base_url=self.base_url,
                                  wakeup=self.task_wakeup, on_task_started=self.task_events.publish,
                                  on_task_images=self.task_events.offer_images)
@@ -81,18 +163,22 @@ class Container:
         self.keys.invalidate(key_hash or None)
 
     async def start_listeners(self) -> None:
+        """Cross-process signals (NOTIFY on PostgreSQL) and the breakers' shared state."""
         if self.db.dialect == "postgresql":
             listener = PostgresListener(self.db.url, {TASKS_CHANNEL: self.task_wakeup,
                                                       WEBHOOKS_CHANNEL: self.webhook_wakeup,
                                                       TASK_EVENTS_CHANNEL: self.task_events.on_notify,
-                                                      KEYS_CHANNEL: self._invalidate_cached_keys})
+                                                      KEYS_CHANNEL: self._invalidate_cached_keys,
+                                                      ROUTES_CHANNEL: self.breakers.wake})
             await listener.start()
             self.listeners.append(listener)
+        await self.breakers.start()
 
     async def aclose(self) -> None:
         for listener in self.listeners:
             await listener.stop()
-        await self.providers.aclose()
+        await self.breakers.stop()
+        await self.adapters.aclose()
         await self.rate_limits.aclose()
         await self.fetch_client.aclose()
         await self.db.dispose()
@@ -102,14 +188,23 @@ def build_container(settings: Settings) -> Container:
     db = Database(settings.resolved_database_url, pool_size=settings.db_pool_size,
                   busy_timeout_ms=settings.sqlite_busy_timeout_ms)
     catalog = Catalog.load(settings.models_file)
-    providers = ProviderRegistry(settings)
+    kinds = KindRegistry()
+    kinds.validate_catalog(catalog.models.values())
+    adapters = AdapterRegistry(settings)
+    breakers = BreakerBoard(SqlRouteHealthStore(db), failures=settings.breaker_failures,
+                            cooldown_s=settings.breaker_cooldown_s, sync_s=settings.breaker_sync_s)
+    pool = RoutePool(adapters, breakers, attempts=settings.route_attempts, backoff_s=settings.route_backoff_s,
+                     defaults=RouteDefaults(base_urls={"openai": settings.openai_base_url},
+                                            keys={"openai": settings.openai_api_key},
+                                            timeout_s=settings.openai_timeout_s))
     egress = EgressPolicy.from_setting(settings.egress_allow)
     fetch_client = httpx.AsyncClient(transport=guarded_transport(egress), follow_redirects=False,
                                      timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False)
     task_wakeup = Wakeup()
     webhook_wakeup = Wakeup()
     container = Container(
-        settings=settings, db=db, catalog=catalog, providers=providers,
+        settings=settings, db=db, catalog=catalog, kinds=kinds, adapters=adapters, breakers=breakers, pool=pool,
+        routes=None,  # type: ignore[arg-type]  # set just below: it reads the container's catalog
         storage=storage_from_url(settings.resolved_storage_url, s3=S3Options.from_settings(settings),
                                  fsync=settings.storage_fsync),
         egress=egress, fetch_client=fetch_client,
@@ -120,6 +215,14 @@ def build_container(settings: Settings) -> Container:
         # PostgreSQL NOTIFY reaches waiters from any process, so polling there is only a safety net
         task_events=TaskEvents(db, poll_s=settings.worker_poll_s if db.is_sqlite else max(5.0, settings.worker_poll_s)),
     )
+    container.routes = RouteStatusService(container.catalog_source, pool, breakers)
+    container.console = ConsoleServices(
+        sessions=SessionService(db, ttl_ms=settings.session_ttl_days * 86400 * 1000),
+        billing=BillingService(db, packs=packs_from_setting(settings.credit_packs)),
+        queries=ConsoleQueries(db),
+        throttle=LoginThrottle(max_failures=settings.login_max_failures),
+        secret_key=settings.resolved_secret_key(),
+    )
     container.task_finished_hooks.append(container.task_events.publish)
 
     def on_task_finished(task: object) -> None:
@@ -127,7 +230,8 @@ def build_container(settings: Settings) -> Container:
             hook(task)
 
     container.tasks = TaskService(
-        db, container.catalog_source, is_available=providers.is_available, base_url=container.base_url,
+        db, container.catalog_source, is_available=pool.is_available, base_url=container.base_url,
         on_task_created=task_wakeup.set, on_task_finished=on_task_finished,
+        create_path_of=lambda type_: (kind.create_path if (kind := kinds.get(type_)) else None),
     )
     return container

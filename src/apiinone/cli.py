@@ -111,16 +111,50 @@ def serve(
             typer.echo("note: several API processes share one SQLite writer; PostgreSQL scales writes better",
                        err=True)
         os.environ["APIINONE_EMBEDDED_WORKER"] = "0" if no_worker else "1"
+        _announce_for_workers(settings, host, port, embedded_worker=not no_worker)
         uvicorn.run("apiinone.web.factory:app_from_env", factory=True, host=host, port=port, workers=workers,
                     loop="uvloop", http=CoalescingHttpToolsProtocol, access_log=access_log, log_level="warning",
                     timeout_graceful_shutdown=25)
         return
-    from apiinone.web.app import create_app
+    from apiinone.web.app import container_from, create_app
+    from apiinone.web.ready import AnnouncingServer
 
     application = create_app(settings, embedded_worker=not no_worker, migrate=False)
     _finish_embedded_migration(migration)
-    uvicorn.run(application, host=host, port=port, loop="uvloop", http=CoalescingHttpToolsProtocol,
-                access_log=access_log, log_level="warning", timeout_graceful_shutdown=25)
+    config = uvicorn.Config(application, host=host, port=port, loop="uvloop", http=CoalescingHttpToolsProtocol,
+                            access_log=access_log, log_level="warning", timeout_graceful_shutdown=25)
+    server = AnnouncingServer(config, container_from(application))
+    server.run()
+    if server.started is False:  # the port was taken, or the app's startup failed: uvicorn said why
+        raise typer.Exit(1)
+
+
+def _announce_for_workers(settings: Settings, host: str, port: int, *, embedded_worker: bool) -> None:
+    """Several API processes: the supervisor prints the ready line once the first one answers."""
+    from apiinone.web.ready import announce_when_ready, ready_line
+
+    async def body(container: Container) -> str:
+        return ready_line(container, f"{host}:{port}", embedded_worker)
+
+    line = _run_with_container(settings, body)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    announce_when_ready(f"http://{shown}:{port}", line)
+
+
+@app.command()
+def wait(
+    url: Annotated[str, typer.Option(envvar="APIINONE_BASE_URL", help="The server to wait for.")]
+        = "http://127.0.0.1:8000",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait before giving up (exit 1).")] = 60.0,
+) -> None:
+    """Block until the server answers GET /readyz (the database is reachable); exit 1 on timeout."""
+    from apiinone.web.ready import wait_until_ready
+
+    if not asyncio.run(wait_until_ready(url, timeout)):
+        typer.echo(f"error: {url} did not answer /readyz within {timeout:g} s (is `make run` running? "
+                   "its output says why it stopped)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ready: {url.rstrip('/')}", err=True)
 
 
 @app.command()
@@ -139,9 +173,6 @@ def worker(
     model_list = tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
 
     async def body(container: Container) -> None:
-        from apiinone.webhooks.delivery import start_delivery_worker
-
-        await container.start_listeners()
         if model_list is not None:
             model_ids, limits = [], {}
             for entry in model_list:
@@ -161,14 +192,12 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        await container.start(delivery=True, console=False)
         await task_worker.start()
-        delivery = await start_delivery_worker(container)
         typer.echo(f"worker {task_worker.options.node} running (concurrency {task_worker.options.concurrency})",
                    err=True)
         await stop.wait()
-        if delivery is not None:
-            await delivery.stop()
-        await task_worker.stop()
+        await container.stop()
 
     _run_with_container(settings, body)
 

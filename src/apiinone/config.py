@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     openai_max_retries: int = 3
     openai_backoff_s: float = 1.0
 
+    # Upstream routes (API.md "Upstream routes and failover")
+    route_attempts: int = Field(default=3, ge=1, le=20)
+    route_backoff_s: float = Field(default=0.5, ge=0)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, ge=0)
+    breaker_sync_s: float = Field(default=1.0, gt=0)
+
     task_lease_s: float = 30.0
     task_max_attempts: int = 3
     worker_concurrency: int = 8

@@ -268,7 +268,7 @@ def test_playground_shows_price_progress_and_image(base_url: str, user: Person) 
     page = user.page
     page.goto(f"{base_url}/models/local-typeset")
     expect(page.locator("[data-testid=model-live]")).to_be_visible()
-    expect(page.locator("[data-testid=playground-price]")).to_contain_text("1 credits")
+    expect(page.locator("[data-testid=playground-price]")).to_contain_text("1 credit (~$0.01)")
     page.select_option("select[name=quality]", "high")
     expect(page.locator("[data-testid=playground-price]")).to_contain_text("2 credits")
     page.select_option("select[name=aspect_ratio]", "3:2")

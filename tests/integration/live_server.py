@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import uvicorn
 
-from apiinone.providers.base import ImageJob, ImageResult
-from apiinone.providers.local_typeset import LocalTypesetProvider
+from apiinone.kinds.image.job import ImageJob, ImageResult
+from apiinone.upstreams.base import RouteTarget
+from apiinone.upstreams.local_typeset.typeset import LocalTypesetProvider
 from apiinone.web.app import container_from, create_app
 from tests.conftest import Caller, make_settings
 
@@ -73,14 +74,15 @@ class GatedProvider:
     """``local-typeset`` that holds every job until the test opens the gate: a task that is
     running for exactly as long as the test needs, with no sleeps."""
 
-    name = "gated"
+    provider = "gated"
+    needs_key = False
 
     def __init__(self) -> None:
         self.gate = asyncio.Event()
         self.started = asyncio.Event()
         self._inner = LocalTypesetProvider()
 
-    async def generate(self, job: ImageJob) -> ImageResult:
+    async def generate_images(self, target: RouteTarget, job: ImageJob) -> ImageResult:
         self.started.set()
         await self.gate.wait()
         return await self._inner.generate(job)

@@ -24,7 +24,8 @@ from apiinone.client import (
     TaskFailedError,
     WaitTimeoutError,
 )
-from apiinone.providers.base import ContentPolicyError, ImageJob, ImageResult
+from apiinone.kinds.image.job import ImageJob, ImageResult
+from apiinone.upstreams.base import ContentPolicyError, RouteTarget
 from tests.conftest import Caller
 from tests.integration.live_server import GatedProvider, LiveServer
 
@@ -98,9 +99,10 @@ class FlakyProxy:
 
 
 class RefusingProvider:
-    name = "refusing"
+    provider = "refusing"
+    needs_key = False
 
-    async def generate(self, job: ImageJob) -> ImageResult:
+    async def generate_images(self, target: RouteTarget, job: ImageJob) -> ImageResult:
         raise ContentPolicyError("the prompt was refused")
 
     async def aclose(self) -> None:
@@ -189,7 +191,7 @@ async def test_errors_are_typed(live: LiveServer) -> None:
 
 
 async def test_a_failed_task_raises_with_the_task(live: LiveServer) -> None:
-    live.container.providers.register("local-typeset", RefusingProvider())
+    live.container.adapters.register("local-typeset", RefusingProvider())
     caller = await live.caller()
     async with AsyncClient(live.base_url, caller.key) as client:
         task = await client.images.generate(PROMPT, model="local-typeset")
@@ -201,7 +203,7 @@ async def test_a_failed_task_raises_with_the_task(live: LiveServer) -> None:
 
 async def test_wait_timeout_hands_back_the_running_task(live: LiveServer) -> None:
     gated = GatedProvider()
-    live.container.providers.register("local-typeset", gated)
+    live.container.adapters.register("local-typeset", gated)
     caller = await live.caller()
     async with AsyncClient(live.base_url, caller.key) as client:
         task = await client.images.generate(PROMPT, model="local-typeset")
@@ -235,7 +237,7 @@ async def test_a_create_whose_answer_was_lost_is_retried_once_and_charged_once(l
 
 async def test_the_event_stream_resumes_after_a_cut(live: LiveServer) -> None:
     gated = GatedProvider()
-    live.container.providers.register("local-typeset", gated)
+    live.container.adapters.register("local-typeset", gated)
     caller = await live.caller()
     task_id = (await caller.post("/api/v1/images/generations",
                                  json={"model": "local-typeset", "prompt": PROMPT})).json()["task_id"]

@@ -251,7 +251,7 @@ async def test_admin_model_override_reaches_api_and_pages(harness: AppHarness, a
     assert (await admin.get("/models/local-typeset")).status_code == 404
 
     await form(admin, "/admin/models", "/admin/models/local-typeset", enabled="on", price_medium="1", price_high="2")
-    queries = harness.app.state.console.queries
+    queries = harness.container.console.queries
     assert await queries.model_overrides() == {}
     assert (await admin.get("/models/local-typeset")).status_code == 200
 
@@ -269,7 +269,7 @@ async def test_language_from_header_query_and_cookie(harness: AppHarness) -> Non
 
 
 async def test_ledger_csv_and_billing_flow(harness: AppHarness, admin: httpx.AsyncClient) -> None:
-    billing = harness.app.state.console.billing
+    billing = harness.container.console.billing
     [code] = (await billing.create_codes(count=1, credits=30)).codes
     r = await form(admin, "/console/billing", "/console/billing/redeem", code=code)
     assert r.status_code == 303

@@ -24,14 +24,14 @@ import httpx
 import pytest
 from PIL import Image
 
-from apiinone.webhooks.egress import (
+from apiinone.net.egress import (
     EgressPolicy,
     IPAddress,
     UrlNotAllowed,
     check_url,
     guarded_transport,
 )
-from apiinone.webhooks.fetch import InputFetchError, fetch_input_image
+from apiinone.net.fetch import InputFetchError, fetch_input_image
 from tests.conftest import require
 
 STRICT = EgressPolicy()

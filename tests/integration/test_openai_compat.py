@@ -236,7 +236,7 @@ async def test_upstream_moderation_is_a_bad_request_and_costs_nothing(server: Li
 
 async def test_a_client_that_hangs_up_cancels_its_task(server: LiveServer) -> None:
     gated = GatedProvider()
-    server.container.providers.register("local-typeset", gated)
+    server.container.adapters.register("local-typeset", gated)
     caller = await server.caller(credits=10)
     request = caller.post("/v1/images/generations", json={"model": "local-typeset", "prompt": "slow"})
     pending = asyncio.create_task(request)
@@ -253,7 +253,7 @@ async def test_a_client_that_hangs_up_cancels_its_task(server: LiveServer) -> No
 
 async def test_with_an_idempotency_key_a_hang_up_keeps_the_task_for_the_retry(server: LiveServer) -> None:
     gated = GatedProvider()
-    server.container.providers.register("local-typeset", gated)
+    server.container.adapters.register("local-typeset", gated)
     caller = await server.caller(credits=10)
     body = {"model": "local-typeset", "prompt": "slow but wanted"}
     headers = {"Idempotency-Key": "retry-me"}

@@ -20,15 +20,46 @@ import httpx
 import pytest
 from PIL import Image
 
-from apiinone.providers.base import (
-    ContentPolicyError,
-    ImageJob,
-    InputImage,
-    ProviderError,
-    UpstreamTimeoutError,
-)
-from apiinone.providers.openai_images import OpenAIImagesProvider
+from apiinone.domain.catalog import ModelSpec
+from apiinone.kinds.image.job import ImageJob, ImageResult, InputImage
+from apiinone.upstreams.base import ContentPolicyError, RouteTarget, UpstreamTimeoutError
+from apiinone.upstreams.base import UpstreamError as ProviderError
+from apiinone.upstreams.breaker import BreakerBoard, MemoryRouteHealthStore
+from apiinone.upstreams.openai.adapter import OpenAIAdapter
+from apiinone.upstreams.pool import RouteDefaults, RoutePool
+from apiinone.upstreams.registry import AdapterRegistry
 from tests.fakes.fake_openai import MODERATION_BLOCKED_BODY, FakeOpenAI, openai_error
+
+
+class OpenAIImagesProvider:
+    """The OpenAI adapter behind a one-route pool: what a worker calls for a one-route model
+    (the pool makes ``max_retries + 1`` attempts with backoff; the adapter one per call)."""
+
+    def __init__(self, api_key: str, base_url: str, *, timeout_s: float = 120.0, max_retries: int = 3,
+                 backoff_base_s: float = 1.0) -> None:
+        self.adapter = OpenAIAdapter(timeout_s=timeout_s)
+        registry = AdapterRegistry(None, factories={})  # type: ignore[arg-type]
+        registry.register("openai", self.adapter)
+        breakers = BreakerBoard(MemoryRouteHealthStore(), failures=1000)
+        self.pool = RoutePool(registry, breakers, attempts=max_retries + 1, backoff_s=backoff_base_s,
+                              defaults=RouteDefaults(base_urls={"openai": base_url}, keys={"openai": api_key},
+                                                     timeout_s=timeout_s))
+
+    def __repr__(self) -> str:
+        return repr(self.adapter)
+
+    async def generate(self, job: ImageJob) -> ImageResult:
+        spec = ModelSpec(id="m", name="m", type="image", provider="openai", upstream_model=job.upstream_model,
+                         pricing={"medium": 1})
+
+        async def call(adapter: OpenAIAdapter, target: RouteTarget) -> ImageResult:
+            return await adapter.generate_images(target, job)
+
+        return (await self.pool.call(spec, call)).value
+
+    async def aclose(self) -> None:
+        await self.adapter.aclose()
+
 
 FAKE_SCRIPT = Path(__file__).resolve().parents[1] / "fakes" / "fake_openai.py"
 
@@ -297,8 +328,8 @@ async def test_connection_refused_is_retried_then_upstream_error() -> None:
             await provider.generate(job())
     finally:
         await provider.aclose()
-    assert caught.value.code == "upstream_error"
-    assert "3 attempts" in caught.value.message
+    assert caught.value.code == "upstream_error" and caught.value.retryable
+    assert "could not reach upstream" in caught.value.message
 
 
 # ------------------------------------------------------------------------------------- non-retried 4xx
@@ -346,7 +377,9 @@ async def test_bad_key_is_not_retried_and_never_echoed(
     assert req.status == 401
     for text in (caught.value.message, str(caught.value), repr(caught.value), repr(provider), caplog.text):
         assert secret not in text
+    for text in (caught.value.message, str(caught.value), repr(caught.value), repr(provider)):
         assert secret[-4:] not in text  # not even OpenAI's masked form of it
+    assert caplog.text.count(secret[-4:]) == caplog.text.count("..." + secret[-4:])  # logs: last 4 at most
 
 
 # ------------------------------------------------------------------------------------------ fake itself

@@ -79,7 +79,7 @@ async def test_prefer_wait_answers_200_with_the_finished_task(harness: AppHarnes
 
 async def test_a_slow_task_answers_202_after_the_wait(sqlite_harness: AppHarness) -> None:
     gated = GatedProvider()
-    sqlite_harness.container.providers.register("local-typeset", gated)
+    sqlite_harness.container.adapters.register("local-typeset", gated)
     caller = await sqlite_harness.caller()
     r = await caller.post(CREATE, json=SEED, headers={"Prefer": "wait=1"})
     assert r.status_code == 202 and r.headers["preference-applied"] == "wait=1"
@@ -113,7 +113,7 @@ async def live(tmp_path: Path, sqlite_url: str) -> AsyncIterator[LiveServer]:
 
 async def test_events_arrive_live_in_order(live: LiveServer) -> None:
     gated = GatedProvider()
-    live.container.providers.register("local-typeset", gated)
+    live.container.adapters.register("local-typeset", gated)
     caller = await live.caller()
     task_id = (await caller.post(CREATE, json=SEED)).json()["task_id"]
     async with EventStream(live.client, caller, task_id) as stream:
@@ -140,7 +140,7 @@ async def test_a_finished_task_replays_its_whole_history(live: LiveServer) -> No
 
 async def test_resume_after_a_disconnect_with_last_event_id(live: LiveServer) -> None:
     gated = GatedProvider()
-    live.container.providers.register("local-typeset", gated)
+    live.container.adapters.register("local-typeset", gated)
     caller = await live.caller()
     task_id = (await caller.post(CREATE, json=SEED)).json()["task_id"]
     async with EventStream(live.client, caller, task_id) as stream:
@@ -184,7 +184,7 @@ async def worker_elsewhere(settings: Settings, provider: GatedProvider | None = 
     in-process signal reaches the API server's waiters."""
     container = build_container(settings)
     if provider is not None:
-        container.providers.register("local-typeset", provider)
+        container.adapters.register("local-typeset", provider)
     await container.start_listeners()
     worker = container.make_worker(node="elsewhere")
     await worker.start()

@@ -18,8 +18,8 @@ from standardwebhooks import Webhook
 from apiinone.db.database import Database
 from apiinone.domain.webhooks import DeliveryStatus
 from apiinone.ids import new_id, now_ms
+from apiinone.net.egress import EgressPolicy
 from apiinone.webhooks.delivery import DeliveryClients, DeliveryOptions, DeliveryWorker
-from apiinone.webhooks.egress import EgressPolicy
 from apiinone.worker.wakeup import Wakeup
 from tests.conftest import AppHarness, Caller, make_settings
 from tests.fakes.webhook_receiver import Received, Reply, WebhookReceiver

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from apiinone.domain.catalog import Catalog
+from apiinone.kinds.image import KIND
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ api_key_env = "HOUSE_KEY"
     assert house is not None and house.id == "house-model" and house.api_key_env == "HOUSE_KEY"
     assert house.launched and house.enabled
     assert {m.id for m in catalog.launched()} == {"gpt-image-1.5-official", "local-typeset", "house-model"}
-    assert house.parameters_schema()["properties"]["quality"]["enum"] == ["medium"]
+    assert KIND.parameters_schema(house)["properties"]["quality"]["enum"] == ["medium"]
 
 
 def test_unlaunched_or_disabled_models_are_hidden_from_the_list(tmp_path: Path) -> None:
@@ -95,7 +96,7 @@ def test_bad_override_files_are_refused(tmp_path: Path, text: str, message: str)
 
 def test_parameters_schema_describes_the_request_body(builtin: Catalog) -> None:
     spec = builtin.models["gpt-image-1.5-official"]
-    schema = spec.parameters_schema()
+    schema = KIND.parameters_schema(spec)
     assert schema["type"] == "object" and schema["additionalProperties"] is False
     assert schema["required"] == ["model", "prompt"]
     props = schema["properties"]

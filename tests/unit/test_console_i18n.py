@@ -29,9 +29,33 @@ def template_files() -> list[Path]:
 
 
 def test_both_languages_have_the_same_keys() -> None:
+    """Only the singular forms (``key.one``) are English's own: Chinese nouns have no plural."""
     en, zh = catalogs()["en"], catalogs()["zh-CN"]
-    assert sorted(en) == sorted(zh)
+    singulars = {k for k in en if k.endswith(".one")}
+    assert sorted(set(en) - singulars) == sorted(zh)
+    assert all(k.removesuffix(".one") in en for k in singulars)
     assert all(v.strip() for v in [*en.values(), *zh.values()])
+
+
+@pytest.mark.parametrize(("count", "english"), [
+    (1, "1 credit (~$0.01)"), ("1", "1 credit (~$0.01)"), (2, "2 credits (~$0.01)"), (0, "0 credits (~$0.01)"),
+    ("0.5", "0.5 credits (~$0.01)"), ("1.5", "1.5 credits (~$0.01)"),
+])
+def test_counted_messages_take_the_singular_for_exactly_one(count: object, english: str) -> None:
+    assert Translator("en")("playground.price", count=count, credits=count, usd="$0.01") == english
+    assert Translator("zh-CN")("playground.price", count=count, credits=count, usd="$0.01") == f"{count} 积分(约 $0.01)"
+
+
+def test_every_counted_template_message_has_its_singular() -> None:
+    """A template that passes ``count=`` to a message gets "1 credit", never "1 credits"."""
+    en = catalogs()["en"]
+    counted = set()
+    for path in template_files():
+        counted |= set(re.findall(r"""_\(\s*["']([A-Za-z0-9_.\-]+)["']\s*,\s*count=""", path.read_text()))
+    assert counted >= {"playground.price", "playground.available", "billing.pack.credits", "admin.codes.created"}
+    assert all(f"{key}.one" in en for key in counted), sorted(k for k in counted if f"{k}.one" not in en)
+    singular_prose = [k for k, v in en.items() if re.search(r"(?<![\d.])1 credits", v)]
+    assert not singular_prose, singular_prose
 
 
 def test_chinese_catalog_is_actually_chinese() -> None:

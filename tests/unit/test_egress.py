@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from apiinone.webhooks.egress import (
+from apiinone.net.egress import (
     EgressPolicy,
     HostNotResolved,
     IPAddress,

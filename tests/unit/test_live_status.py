@@ -12,7 +12,7 @@ from apiinone.client._sse import SSEDecoder
 from apiinone.db.database import Database
 from apiinone.domain.tasks import Task, TaskStatus
 from apiinone.errors import InsufficientCredits, InvalidParameter, ModelNotFound, RateLimited, Unauthorized
-from apiinone.providers.base import GeneratedImage
+from apiinone.kinds.image.job import GeneratedImage
 from apiinone.services.events import TaskEvents, events_of, notify_payloads
 from apiinone.web.routes.events import format_sse, prefer_wait
 from apiinone.web.routes.openai_compat import (

@@ -8,8 +8,9 @@ import io
 import pytest
 from PIL import Image, ImageStat
 
-from apiinone.providers.base import ASPECT_SIZES, ImageJob, InputImage, ProviderError
-from apiinone.providers.local_typeset import LocalTypesetProvider, _find_colors, _wrap
+from apiinone.kinds.image.job import ASPECT_SIZES, ImageJob, InputImage
+from apiinone.upstreams.base import UpstreamError as ProviderError
+from apiinone.upstreams.local_typeset.typeset import LocalTypesetProvider, _find_colors, _wrap
 
 
 def job(prompt: str = "a quiet lake at dawn", **kw: object) -> ImageJob:
@@ -40,7 +41,7 @@ def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (300, 200), f
 
 
 def test_name_and_honest_docstring() -> None:
-    assert LocalTypesetProvider.name == "local-typeset"
+    assert LocalTypesetProvider.provider == "local-typeset"
     assert "not an ai model" in (LocalTypesetProvider.__doc__ or "").lower()
 
 

@@ -22,7 +22,7 @@ def test_queued_task_object_has_exactly_the_contract_fields() -> None:
     assert public == {
         "task_id": "tsk_01ABC", "object": "task", "type": "image",
         "model": "gpt-image-1.5-official",
-        "status": "queued",
+        "status": "queued", "progress": None,
         "input": {"prompt": "p", "aspect_ratio": "1:1", "quality": "medium", "input_urls": []},
         "output": None,
         "error": None,

@@ -78,6 +78,7 @@ def task_from_row(r: RowMapping) -> Task:
         charged=int(r["charged"]), callback_url=r["callback_url"], node=r["node"],
         created_at=int(r["created_at"]), started_at=r["started_at"], finished_at=r["finished_at"],
         attempts=int(r["attempts"]), lease_token=r["lease_token"], lease_expires_at=r["lease_expires_at"],
+        route=r["route"], progress=r["progress"], remote_job=_unjson(r["remote_job"]), poll_at=r["poll_at"],
     )
 
 
@@ -291,18 +292,29 @@ class TaskRepository:
 
     async def finish(self, task_id: str, *, status: TaskStatus, from_statuses: Sequence[TaskStatus],
                      lease_token: str | None = None, output: Any = None, error: Any = None,
-                     charged: int = 0, at: int) -> bool:
+                     charged: int = 0, at: int, route: str | None = None) -> bool:
         """Move a task to a terminal status iff it is still in one of ``from_statuses`` (and, for a
         worker, still holds the lease): the compare-and-set that makes completion exactly-once."""
         conds = [t.tasks.c.id == task_id, t.tasks.c.status.in_([s.value for s in from_statuses])]
         if lease_token is not None:
             conds.append(t.tasks.c.lease_token == lease_token)
+        values: dict[str, Any] = {"status": status.value, "output": _json(output), "error": _json(error),
+                                  "charged": charged, "finished_at": at, "lease_token": None,
+                                  "lease_expires_at": None, "poll_at": None}
+        if route is not None:
+            values["route"] = route
+        result = await self.conn.execute(update(t.tasks).where(and_(*conds)).values(**values))
+        return result.rowcount == 1
+
+    async def defer(self, task_id: str, *, lease_token: str, remote_job: Any, route: str, poll_at: int) -> bool:
+        """A running task's job now runs upstream: drop the worker's lease (its slot is free) and
+        hand the task to the remote-job poller, iff this worker still holds the lease."""
         result = await self.conn.execute(
-            update(t.tasks).where(and_(*conds)).values(
-                status=status.value, output=_json(output), error=_json(error), charged=charged,
-                finished_at=at, lease_token=None, lease_expires_at=None,
-            )
-        )
+            update(t.tasks)
+            .where(t.tasks.c.id == task_id, t.tasks.c.lease_token == lease_token,
+                   t.tasks.c.status == TaskStatus.RUNNING.value)
+            .values(remote_job=_json(remote_job), route=route, poll_at=poll_at, lease_token=None,
+                    lease_expires_at=None))
         return result.rowcount == 1
 
 

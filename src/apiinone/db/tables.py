@@ -87,10 +87,15 @@ tasks = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("started_at", BigInteger, nullable=True),
     Column("finished_at", BigInteger, nullable=True),
+    Column("route", String(100), nullable=True),  # the upstream route that served (or is serving) it
+    Column("progress", Integer, nullable=True),  # 0-100 while the upstream reports one
+    Column("remote_job", Text, nullable=True),  # JSON handle of a job running upstream (video, audio)
+    Column("poll_at", BigInteger, nullable=True),  # when the remote-job poller looks at it next
     Index("ix_tasks_account_created", "account_id", "id"),
     Index("ix_tasks_queue", "status", "run_after"),
     Index("ix_tasks_lease", "status", "lease_expires_at"),
     Index("ix_tasks_account_status", "account_id", "status"),
+    Index("ix_tasks_poll", "status", "poll_at"),
 )
 
 ledger_entries = Table(
@@ -217,6 +222,23 @@ model_overrides = Table(
     Column("updated_at", BigInteger, nullable=False),
 )
 
+route_health = Table(
+    "route_health",
+    metadata,
+    Column("model", String(100), primary_key=True),
+    Column("route", String(100), primary_key=True),
+    Column("state", String(20), nullable=False),  # closed | open | half_open
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+    Column("open_until", BigInteger, nullable=True),
+    Column("probe_until", BigInteger, nullable=True),  # a half-open probe is out until then
+    Column("requests", BigInteger, nullable=False, default=0),
+    Column("failures", BigInteger, nullable=False, default=0),
+    Column("latency_ms_p50", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", BigInteger, nullable=True),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
 __all__ = [
     "UniqueConstraint",
     "accounts",
@@ -227,6 +249,7 @@ __all__ = [
     "model_overrides",
     "orders",
     "redemption_codes",
+    "route_health",
     "tasks",
     "web_sessions",
     "webhook_attempts",

@@ -21,6 +21,7 @@ from apiinone.db.repositories import (
     LedgerRepository,
     TaskRepository,
 )
+from apiinone.db.route_health import RouteHealthRepository
 from apiinone.db.webhooks import WebhookRepository
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ class SqlUnitOfWork:
     queue: QueueRepository
     idempotency: IdempotencyRepository
     webhooks: WebhookRepository
+    route_health: RouteHealthRepository
     conn: AsyncConnection
 
     def __init__(self, db: Database, *, write: bool) -> None:
@@ -54,6 +56,7 @@ class SqlUnitOfWork:
         self.queue = QueueRepository(self.conn)
         self.idempotency = IdempotencyRepository(self.conn)
         self.webhooks = WebhookRepository(self.conn)
+        self.route_health = RouteHealthRepository(self.conn)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -12,9 +12,39 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from apiinone.domain.tasks import ASPECT_RATIOS, MAX_INPUT_URLS, MAX_PROMPT_CHARS, QUALITIES
-
 LANGS = ("en", "zh-CN")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RouteSpec:
+    """One way to reach a model: an adapter (``provider``), a base URL, keys and the upstream's name
+    for the model. Unset fields fall back to the model's own (the single-route form)."""
+
+    name: str
+    provider: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    upstream_model: str | None = None
+    priority: int = 0
+    weight: int = 1
+    timeout_s: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+_ROUTE_FIELDS = {"name", "provider", "base_url", "api_key_env", "upstream_model", "priority", "weight", "timeout_s"}
+
+
+def _route_from_mapping(model_id: str, data: dict[str, Any]) -> RouteSpec:
+    if not isinstance(data, dict) or not data.get("name") or not data.get("provider"):
+        raise ValueError(f"model {model_id!r}: every [[models.routes]] entry needs a name and a provider")
+    values = {k: v for k, v in data.items() if k in _ROUTE_FIELDS}
+    options = {k: v for k, v in data.items() if k not in _ROUTE_FIELDS}
+    priority, weight = values.get("priority", 0), values.get("weight", 1)
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise ValueError(f"model {model_id!r} route {data['name']!r}: priority must be an integer")
+    if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
+        raise ValueError(f"model {model_id!r} route {data['name']!r}: weight must be a non-negative integer")
+    return RouteSpec(**values, options=options)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +54,7 @@ class ModelSpec:
     type: str
     provider: str
     upstream_model: str
-    pricing: dict[str, int]
+    pricing: dict[str, Any]
     aliases: tuple[str, ...] = ()
     launched: bool = True
     enabled: bool = True
@@ -37,51 +67,29 @@ class ModelSpec:
     related: tuple[str, ...] = ()
     base_url: str | None = None
     api_key_env: str | None = None
+    routes: tuple[RouteSpec, ...] = ()
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    durations: tuple[int, ...] = ()
+    voices: tuple[str, ...] = ()
 
-    def price(self, quality: str) -> int:
+    def price(self, quality: str) -> Any:
         return self.pricing[quality]
+
+    def effective_routes(self) -> tuple[RouteSpec, ...]:
+        """The model's routes; a model without ``routes`` has one, made of its own fields."""
+        if self.routes:
+            return self.routes
+        return (RouteSpec(name=self.provider, provider=self.provider, base_url=self.base_url,
+                          api_key_env=self.api_key_env, upstream_model=self.upstream_model),)
 
     def text(self, attr: str, lang: str) -> Any:
         value: dict[str, Any] = getattr(self, attr)
         return value.get(lang) or value.get("en") or next(iter(value.values()), None)
 
-    def parameters_schema(self) -> dict[str, Any]:
-        """JSON Schema of the request body for this model's endpoint."""
-        qualities = [q for q in QUALITIES if q in self.pricing]
-        return {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["model", "prompt"],
-            "properties": {
-                "model": {"type": "string", "enum": [self.id, *self.aliases]},
-                "prompt": {
-                    "type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS,
-                    "description": "Text description of the image to generate",
-                },
-                "aspect_ratio": {
-                    "type": "string", "enum": list(ASPECT_RATIOS), "default": "1:1",
-                    "description": 'Output aspect ratio: "1:1", "2:3", or "3:2"',
-                },
-                "quality": {
-                    "type": "string", "enum": qualities, "default": "medium",
-                    "description": "Image quality: " + ", ".join(
-                        f'"{q}" ({self.pricing[q]} credits)' for q in qualities
-                    ),
-                },
-                "input_urls": {
-                    "type": "array", "minItems": 1, "maxItems": MAX_INPUT_URLS,
-                    "items": {"type": "string", "format": "uri"},
-                    "description": "Array of image URLs for editing mode",
-                },
-                "callback_url": {
-                    "type": "string", "format": "uri",
-                    "description": "Webhook URL notified when the task ends",
-                },
-            },
-        }
-
-    def to_public(self, available: bool) -> dict[str, Any]:
-        return {
+    def to_public(self, available: bool, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The public model object; ``parameters`` is the JSON Schema the model's kind gives."""
+        public: dict[str, Any] = {
             "id": self.id,
             "object": "model",
             "name": self.name,
@@ -92,11 +100,18 @@ class ModelSpec:
             "pricing": dict(self.pricing),
             "available": available,
             "description": self.text("description", "en"),
-            "parameters": self.parameters_schema(),
+            "parameters": parameters or {},
         }
+        if self.context_window is not None:
+            public["context_window"] = self.context_window
+        if self.max_output_tokens is not None:
+            public["max_output_tokens"] = self.max_output_tokens
+        if self.durations:
+            public["durations"] = list(self.durations)
+        return public
 
 
-_LIST_FIELDS = ("aliases", "input_modalities", "output_modalities", "related")
+_LIST_FIELDS = ("aliases", "input_modalities", "output_modalities", "related", "durations", "voices")
 
 
 def _spec_from_mapping(data: dict[str, Any], base: ModelSpec | None = None) -> ModelSpec:
@@ -105,7 +120,11 @@ def _spec_from_mapping(data: dict[str, Any], base: ModelSpec | None = None) -> M
         if key in _LIST_FIELDS or key == "faq":
             values[key] = tuple(value)
         elif key == "pricing":
-            values[key] = {str(q): int(p) for q, p in value.items()}
+            if not isinstance(value, dict):
+                raise ValueError(f"model {data.get('id', '?')!r}: pricing must be a table")
+            values[key] = dict(value)
+        elif key == "routes":
+            values[key] = tuple(_route_from_mapping(str(data.get("id", "?")), r) for r in value)
         else:
             values[key] = value
     if base is not None:

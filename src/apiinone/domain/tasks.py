@@ -56,6 +56,10 @@ class Task:
     lease_token: str | None = None
     lease_expires_at: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    route: str | None = None
+    progress: int | None = None
+    remote_job: dict[str, Any] | None = None
+    poll_at: int | None = None
 
     def to_public(self, base_url: str) -> dict[str, Any]:
         """The task object exactly as API.md describes it."""
@@ -66,6 +70,7 @@ class Task:
             "type": self.type,
             "model": self.model,
             "status": self.status.value,
+            "progress": self.progress,
             "input": self.input,
             "output": self.output,
             "error": self.error,

@@ -12,6 +12,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.exc import IntegrityError
 
+from apiinone.db.channels import KEYS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.domain.accounts import Account, ApiKey
 from apiinone.domain.credits import LedgerKind
@@ -20,7 +21,6 @@ from apiinone.ids import new_id, now_ms
 from apiinone.webhooks.signing import new_webhook_secret
 
 API_KEY_PREFIX = "aio_"
-KEYS_CHANNEL = "apiinone_keys"
 """NOTIFY channel for key-cache invalidation: the payload is a key hash, or empty for "drop all"."""
 _password_hasher = PasswordHasher()  # argon2id with the library's current recommended cost
 

@@ -13,6 +13,7 @@ import orjson
 from sqlalchemy import delete, func, insert, select
 
 from apiinone.db import tables as t
+from apiinone.db.channels import KEYS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.db.repositories import task_from_row
 from apiinone.domain.accounts import Account
@@ -20,7 +21,6 @@ from apiinone.domain.catalog import Catalog
 from apiinone.domain.tasks import Task
 from apiinone.errors import InvalidParameter, NotFound
 from apiinone.ids import now_ms
-from apiinone.services.accounts import KEYS_CHANNEL
 
 
 @dataclass(frozen=True, slots=True)

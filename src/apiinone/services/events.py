@@ -21,12 +21,13 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from apiinone.db.channels import TASK_EVENTS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.domain.tasks import Task, iso
-from apiinone.services.tasks import TASK_EVENTS_CHANNEL, read_account_task
+from apiinone.services.tasks import read_account_task
 
 if TYPE_CHECKING:
-    from apiinone.providers.base import GeneratedImage
+    from apiinone.kinds.image.job import GeneratedImage
 
 __all__ = [
     "TASK_EVENTS_CHANNEL",

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from sqlalchemy.exc import IntegrityError
 
+from apiinone.db.channels import TASK_EVENTS_CHANNEL, TASKS_CHANNEL, WEBHOOKS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.db.uow import SqlUnitOfWork
 from apiinone.domain.accounts import Account, ApiKey
@@ -32,10 +33,8 @@ from apiinone.errors import (
     TaskNotFound,
 )
 from apiinone.ids import new_id, now_ms
+from apiinone.kinds.base import Deferred
 
-TASKS_CHANNEL = "apiinone_tasks"
-TASK_EVENTS_CHANNEL = "apiinone_task_events"
-WEBHOOKS_CHANNEL = "apiinone_webhooks"
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 
@@ -87,18 +86,26 @@ class TaskService:
     def __init__(self, db: Database, catalog_source: Callable[[], Catalog], *,
                  is_available: Callable[[ModelSpec], bool], base_url: Callable[[], str],
                  on_task_created: Callable[[], None] = lambda: None,
-                 on_task_finished: Callable[[Task], None] = lambda task: None) -> None:
+                 on_task_finished: Callable[[Task], None] = lambda task: None,
+                 create_path_of: Callable[[str], str | None] = lambda type_: None) -> None:
         self.db = db
+        self.create_path_of = create_path_of
         self.catalog_source = catalog_source
         self.is_available = is_available
         self.base_url = base_url
         self.on_task_created = on_task_created
         self.on_task_finished = on_task_finished
 
-    def resolve_model(self, name: str, *, key: ApiKey | None = None) -> ModelSpec:
+    def resolve_model(self, name: str, *, key: ApiKey | None = None, type_: str | None = None) -> ModelSpec:
+        """The launched model ``name`` names, checked for this key, this route's type and an upstream."""
         spec = self.catalog_source().resolve(name)
         if spec is None or not spec.launched or not spec.enabled:
             raise ModelNotFound(f"model {name!r} does not exist; see GET /api/v1/models", param="model")
+        if type_ is not None and spec.type != type_:
+            path = self.create_path_of(spec.type)
+            where = f"; use {path}" if path else ""
+            raise InvalidParameter(f"model {spec.id!r} is a {spec.type} model, not a {type_} model{where}",
+                                   param="model")
         if key is not None and not key.may_use(spec.id):
             raise Forbidden(f"this API key may not use model {spec.id!r}")
         if not self.is_available(spec):
@@ -115,7 +122,7 @@ class TaskService:
         hold, so two concurrent requests with one key create one task: the loser's insert conflicts
         (on PostgreSQL it waits for the winner's commit), it rolls back and replays the winner's
         response, and it never touches the credits the winner holds."""
-        spec = self.resolve_model(request.model, key=key)
+        spec = self.resolve_model(request.model, key=key, type_="image")
         if request.quality not in spec.pricing:
             raise InvalidParameter(f"quality must be one of {', '.join(spec.pricing)}", param="quality")
         price = spec.price(request.quality) * request.n
@@ -211,16 +218,26 @@ class TaskService:
         self.on_task_finished(finished)
         return finished
 
-    async def complete_task(self, task: Task, lease_token: str, output: dict[str, Any]) -> Task | None:
+    async def complete_task(self, task: Task, lease_token: str, output: dict[str, Any], *,
+                            route: str | None = None) -> Task | None:
         """Succeed a leased task: capture the price. None if the lease was lost (canceled, or
         taken over after expiry), in which case nothing is charged by this worker."""
         async with self.db.uow() as uow:
             finished = await self._finish(uow, task, TaskStatus.SUCCEEDED, from_statuses=(TaskStatus.RUNNING,),
-                                          lease_token=lease_token, output=output)
+                                          lease_token=lease_token, output=output, route=route)
             await uow.commit()
         if finished is not None:
             self.on_task_finished(finished)
         return finished
+
+    async def defer_task(self, task: Task, lease_token: str, deferred: Deferred) -> Task | None:
+        """The task's job was submitted upstream: record it and free the worker's slot."""
+        async with self.db.uow() as uow:
+            moved = await uow.tasks.defer(task.id, lease_token=lease_token, remote_job=deferred.remote_job,
+                                          route=deferred.route, poll_at=now_ms() + deferred.poll_after_ms)
+            current = await uow.tasks.get(task.id) if moved else None
+            await uow.commit()
+        return current
 
     async def fail_task(self, task: Task, code: str, message: str, *, lease_token: str | None,
                         from_statuses: Sequence[TaskStatus] = (TaskStatus.RUNNING,)) -> Task | None:
@@ -235,12 +252,12 @@ class TaskService:
     async def _finish(self, uow: SqlUnitOfWork, task: Task, status: TaskStatus, *,
                       from_statuses: Sequence[TaskStatus] | frozenset[TaskStatus],
                       lease_token: str | None = None, output: dict[str, Any] | None = None,
-                      error: dict[str, str] | None = None) -> Task | None:
+                      error: dict[str, str] | None = None, route: str | None = None) -> Task | None:
         now = now_ms()
         charged = task.price if status is TaskStatus.SUCCEEDED else 0
         if not await uow.tasks.finish(task.id, status=status, from_statuses=list(from_statuses),
                                       lease_token=lease_token, output=output, error=error,
-                                      charged=charged, at=now):
+                                      charged=charged, at=now, route=route):
             return None
         if status is TaskStatus.SUCCEEDED:
             await uow.accounts.change(task.account_id, balance=-task.price, held=-task.price)

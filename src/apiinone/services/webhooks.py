@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from apiinone.db.channels import WEBHOOKS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.domain.webhooks import Delivery
 from apiinone.errors import NotFound, TaskNotFound
 from apiinone.ids import now_ms
-from apiinone.webhooks.delivery import WEBHOOKS_CHANNEL
 
 
 class DeliveryService:

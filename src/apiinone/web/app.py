@@ -18,7 +18,6 @@ from apiinone.config import Settings, load_settings
 from apiinone.db.outage import is_database_outage
 from apiinone.errors import ApiError, InternalError, InvalidParameter, NotFound, ServiceUnavailable
 from apiinone.web.responses import error_response, json_response
-from apiinone.webhooks.delivery import start_delivery_worker
 
 log = structlog.get_logger(__name__)
 
@@ -34,20 +33,13 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
             from apiinone.db.migrate import upgrade
 
             upgrade(settings.resolved_database_url)
-        await container.start_listeners()
+        await container.start(worker=embedded_worker, delivery=embedded_worker)
         for start in app.state.on_start:
             await start(container)
-        delivery = None
-        if embedded_worker:
-            await container.make_worker().start()
-            delivery = await start_delivery_worker(container)
         try:
             yield
         finally:
-            if delivery is not None:
-                await delivery.stop()
-            if container.worker is not None:
-                await container.worker.stop()
+            await container.stop()
             for stop in app.state.on_stop:
                 await stop(container)
             await container.aclose()
@@ -55,19 +47,20 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
     app = FastAPI(
         title="apiinone", version=__version__, lifespan=lifespan,
         description="One HTTP API, one API key and one credit balance in front of many AI models.",
-        docs_url="/docs", redoc_url=None,
+        docs_url=None, redoc_url=None,  # /docs: web/routes/reference.py, from vendored assets
     )
     app.state.container = container
     app.state.on_start = []
     app.state.on_stop = []
     _install_error_handlers(app)
 
-    from apiinone.web.routes import admin_api, api, deliveries, ops
+    from apiinone.web.routes import admin_api, api, deliveries, ops, reference
 
     app.include_router(api.router)
     app.include_router(ops.router)
     app.include_router(deliveries.router)
     app.include_router(admin_api.router)
+    app.include_router(reference.router)
     from apiinone.web.routes import events, openai_compat
 
     app.include_router(events.router)

@@ -1,8 +1,12 @@
 """Console languages: English and Simplified Chinese from JSON message catalogs.
 
 Every user-facing string of the pages lives in ``apiinone/locales/{en,zh_CN}.json`` under a dotted
-key; templates call ``_("key", name=value)``. The language comes from ``?lang=`` (then remembered
-in a cookie), else that cookie, else ``Accept-Language``, else English.
+key; templates call ``_("key", name=value)``. A message about a number of things passes
+``count=N``: languages with a singular (English) then use ``key.one`` when N is 1, so a price
+reads "1 credit" and "2 credits"; Chinese has no plural forms and keeps only ``key``.
+
+The language comes from ``?lang=`` (then remembered in a cookie), else that cookie, else
+``Accept-Language``, else English.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ SUPPORTED_LANGS = ("en", "zh-CN")
 DEFAULT_LANG = "en"
 LANG_COOKIE = "aio_lang"
 _CATALOG_FILES = {"en": "en.json", "zh-CN": "zh_CN.json"}
+# Languages whose nouns take a singular form for exactly one (CLDR plural category "one").
+LANGS_WITH_SINGULAR = frozenset({"en"})
 
 
 @functools.cache
@@ -90,8 +96,19 @@ class Translator:
         self._fallback = all_catalogs[DEFAULT_LANG]
 
     def __call__(self, key: str, **values: object) -> str:
+        if "count" in values and self.lang in LANGS_WITH_SINGULAR and is_one(values["count"]):
+            key = f"{key}.one" if f"{key}.one" in self._messages else key
         text = self._messages.get(key) or self._fallback.get(key) or key
         return text.format(**values) if values else text
 
     def has(self, key: str) -> bool:
         return key in self._messages or key in self._fallback
+
+
+def is_one(count: object) -> bool:
+    """Exactly one, whether the amount is a number or already formatted ("1", not "1.5" or "0.000001")."""
+    if isinstance(count, bool):
+        return False
+    if isinstance(count, int | float):
+        return count == 1
+    return str(count).strip() == "1"

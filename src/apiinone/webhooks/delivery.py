@@ -23,6 +23,7 @@ import httpx
 import structlog
 
 from apiinone import __version__
+from apiinone.db.channels import WEBHOOKS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.domain.tasks import Task
 from apiinone.domain.webhooks import (
@@ -33,8 +34,7 @@ from apiinone.domain.webhooks import (
     outcome_of,
 )
 from apiinone.ids import now_ms
-from apiinone.services.tasks import WEBHOOKS_CHANNEL
-from apiinone.webhooks.egress import EgressPolicy, UrlNotAllowed, guarded_transport
+from apiinone.net.egress import EgressPolicy, UrlNotAllowed, guarded_transport
 from apiinone.webhooks.signing import webhook_headers
 from apiinone.worker.wakeup import Wakeup
 

@@ -1,6 +1,8 @@
-"""The task runner: lease → fetch inputs → provider → storage → finish, with heartbeats.
+"""The task runner: lease → the task's kind runs it (inputs, route pool, storage) → finish, with heartbeats.
 
-A lease is a token plus an expiry. The heartbeat extends the expiry of every task this worker is
+A lease is a token plus an expiry; every lease gets its own token, so a task this worker leases
+again after its lease ran out is a new lease, and the earlier run can no longer finish it.
+The heartbeat extends the expiry of every task this worker is
 still running; if the process dies (or a run is abandoned, e.g. its finish failed while the database
 was down) the expiry passes and another worker leases the task again. Finishing
 is a compare-and-set on the token, so a task is charged at most once whoever finishes it.
@@ -14,22 +16,22 @@ import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import structlog
 
+from apiinone.db.channels import TASK_EVENTS_CHANNEL, TASKS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.domain.catalog import Catalog
 from apiinone.domain.tasks import Task, TaskStatus
 from apiinone.ids import new_id, now_ms
-from apiinone.providers.base import GeneratedImage, ImageJob, InputImage, ProviderError
-from apiinone.providers.registry import ProviderRegistry
+from apiinone.kinds import KindRegistry
+from apiinone.kinds.base import Deferred, RunContext, TaskFailure
+from apiinone.kinds.image.job import GeneratedImage
 from apiinone.services.events import notify_payloads
-from apiinone.services.tasks import TASK_EVENTS_CHANNEL, TASKS_CHANNEL, TaskService
-from apiinone.storage import new_image_key
+from apiinone.services.tasks import TaskService
 from apiinone.storage.base import Storage
-from apiinone.webhooks.fetch import InputFetchError, fetch_input_image
+from apiinone.upstreams.pool import RoutePool
 from apiinone.worker.wakeup import Wakeup
 
 log = structlog.get_logger(__name__)
@@ -57,7 +59,7 @@ class WorkerOptions:
 
 class TaskWorker:
     def __init__(self, db: Database, tasks: TaskService, catalog_source: Callable[[], Catalog],
-                 providers: ProviderRegistry, storage: Storage, fetch_client: httpx.AsyncClient,
+                 pool: RoutePool, kinds: KindRegistry, storage: Storage, fetch_client: httpx.AsyncClient,
                  options: WorkerOptions, *, files_base_url: Callable[[], str], wakeup: Wakeup | None = None,
                  on_task_started: Callable[[Task], None] = lambda task: None,
                  on_task_images: Callable[[str, Mapping[str, GeneratedImage]], None] = lambda task_id, images: None,
@@ -65,7 +67,8 @@ class TaskWorker:
         self.db = db
         self.tasks = tasks
         self.catalog_source = catalog_source
-        self.providers = providers
+        self.pool = pool
+        self.kinds = kinds
         self.storage = storage
         self.fetch_client = fetch_client
         self.options = options
@@ -73,7 +76,8 @@ class TaskWorker:
         self.wakeup = wakeup or Wakeup()
         self.on_task_started = on_task_started
         self.on_task_images = on_task_images
-        self.token = new_id("lease")
+        self._tokens: dict[str, str] = {}
+        """The lease token of each task this worker runs."""
         self._running: dict[str, asyncio.Task[None]] = {}
         self._running_models: dict[str, str] = {}
         self._stopping = asyncio.Event()
@@ -101,7 +105,7 @@ class TaskWorker:
             await asyncio.wait(list(self._running.values()), timeout=self.options.drain_s)
         for task_id, job in list(self._running.items()):
             async with self.db.uow() as uow:
-                await uow.queue.requeue(task_id, self.token)
+                await uow.queue.requeue(task_id, self._tokens.get(task_id, ""))
                 await uow.commit()
             job.cancel()
         for loop in self._loops:
@@ -123,6 +127,10 @@ class TaskWorker:
                     await asyncio.sleep(self.options.poll_s)
                     continue
                 for task in leased:
+                    earlier = self._running.get(task.id)
+                    if earlier is not None:  # our own run outlived its lease: the new lease wins
+                        earlier.cancel()
+                    self._tokens[task.id] = task.lease_token or ""
                     self._running_models[task.id] = task.model
                     self._running[task.id] = asyncio.create_task(self._run_guarded(task), name=task.id)
                     self.on_task_started(task)
@@ -135,7 +143,7 @@ class TaskWorker:
         node_free = {m: max(0, n - running.count(m)) for m, n in self.options.model_limits.items()}
         async with self.db.uow() as uow:
             leased = await uow.queue.lease(
-                node=self.options.node, token=self.token, limit=limit, now=now,
+                node=self.options.node, token=new_id("lease"), limit=limit, now=now,
                 lease_ms=int(self.options.lease_s * 1000), max_attempts=self.options.max_attempts,
                 models=self.options.models, model_limits=node_free, cluster_caps=self.options.cluster_caps,
             )
@@ -147,7 +155,9 @@ class TaskWorker:
     async def _heartbeat_once(self) -> None:
         now = now_ms()
         async with self.db.uow() as uow:
-            await uow.queue.extend([self.token], now + int(self.options.lease_s * 1000), task_ids=list(self._running))
+            running = list(self._running)
+            await uow.queue.extend([self._tokens[t] for t in running if t in self._tokens],
+                                   now + int(self.options.lease_s * 1000), task_ids=running)
             await uow.queue.heartbeat_node(
                 name=self.options.node, models=self.options.models, concurrency=self.options.concurrency,
                 running=len(self._running), pid=os.getpid(), hostname=socket.gethostname(), now=now,
@@ -176,6 +186,7 @@ class TaskWorker:
                                        lease_token=task.lease_token)
 
     async def _run_guarded(self, task: Task) -> None:
+        me = asyncio.current_task()
         try:
             await self.run_task(task)
         except asyncio.CancelledError:
@@ -184,10 +195,12 @@ class TaskWorker:
             log.exception("task_crashed", task_id=task.id)
             with contextlib.suppress(Exception):
                 await self.tasks.fail_task(task, "internal_error", "the worker failed while running the task",
-                                           lease_token=self.token)
+                                           lease_token=task.lease_token)
         finally:
-            self._running.pop(task.id, None)
-            self._running_models.pop(task.id, None)
+            if self._running.get(task.id) is me:  # not a later lease of the same task
+                self._running.pop(task.id, None)
+                self._running_models.pop(task.id, None)
+                self._tokens.pop(task.id, None)
             self.wakeup.set()
             if task.model in self.options.cluster_caps and not self._stopping.is_set():
                 await self._announce_free_slot()
@@ -201,68 +214,29 @@ class TaskWorker:
 
     async def run_task(self, task: Task) -> None:
         started = now_ms()
+        token = task.lease_token or ""
         spec = self.catalog_source().resolve(task.model)
-        provider = self.providers.get(spec) if spec else None
-        if spec is None or provider is None:
+        kind = self.kinds.queued(task.type)
+        if spec is None or kind is None:
             await self.tasks.fail_task(task, "model_unavailable", "no upstream serves this model any more",
-                                       lease_token=self.token)
+                                       lease_token=token)
             return
+        ctx = RunContext(spec=spec, pool=self.pool, storage=self.storage, fetch_client=self.fetch_client,
+                         files_base_url=self.files_base_url(), timeout_s=self.options.task_timeout_s,
+                         hooks={"images": self.on_task_images})
         try:
-            inputs, mask = await self._fetch_inputs(task.input)
-        except InputFetchError as exc:
-            await self.tasks.fail_task(task, "input_fetch_failed", exc.message, lease_token=self.token)
+            outcome = await kind.run(ctx, task)
+        except TaskFailure as exc:
+            await self.tasks.fail_task(task, exc.code, exc.message, lease_token=token)
             return
-        options: dict[str, Any] = task.input.get("options") or {}
-        job = ImageJob(
-            prompt=task.input["prompt"], aspect_ratio=task.input["aspect_ratio"], quality=task.input["quality"],
-            upstream_model=spec.upstream_model, inputs=tuple(inputs), n=int(task.input.get("n", 1)),
-            output_format=str(options.get("output_format", "png")), background=options.get("background"),
-            user=options.get("user"), mask=mask,
-            extra={k: str(options[k]) for k in ("moderation", "output_compression", "input_fidelity") if k in options},
-        )
-        try:
-            result = await asyncio.wait_for(provider.generate(job), self.options.task_timeout_s)
-        except TimeoutError:
-            await self.tasks.fail_task(task, "timeout", "the model did not answer in time", lease_token=self.token)
+        if isinstance(outcome, Deferred):
+            deferred = await self.tasks.defer_task(task, token, outcome)
+            log.info("task_deferred", task_id=task.id, model=task.model, route=outcome.route,
+                     deferred=deferred is not None, ms=now_ms() - started)
             return
-        except ProviderError as exc:
-            await self.tasks.fail_task(task, exc.code, exc.message, lease_token=self.token)
-            return
-        images = []
-        by_url: dict[str, GeneratedImage] = {}
-        base = self.files_base_url()
-        for image in result.images:
-            key = new_image_key(image.content_type)
-            await self.storage.put(key, image.data, image.content_type)
-            url = self.storage.public_url(key) or f"{base}/files/{key}"
-            images.append({"url": url, "width": image.width, "height": image.height,
-                           "content_type": image.content_type})
-            by_url[url] = image
-        output: dict[str, Any] = {"images": images}
-        if result.usage:
-            output["usage"] = result.usage
-        self.on_task_images(task.id, by_url)  # before the finish wakes a synchronous waiter here
-        finished = await self.tasks.complete_task(task, self.token, output)
-        log.info("task_finished", task_id=task.id, model=task.model,
+        finished = await self.tasks.complete_task(task, token, outcome.output, route=outcome.route)
+        log.info("task_finished", task_id=task.id, model=task.model, route=outcome.route,
                  status=finished.status.value if finished else "lease_lost", ms=now_ms() - started)
-
-    async def _fetch_inputs(self, task_input: dict[str, Any]) -> tuple[list[InputImage], InputImage | None]:
-        """The input images (URLs downloaded through the egress guard, then uploads the API already
-        checked and stored) and the optional edit mask."""
-        urls: list[str] = task_input.get("input_urls") or []
-        inputs = list(await asyncio.gather(*(fetch_input_image(self.fetch_client, url) for url in urls)))
-        mask = None
-        for ref in task_input.get("input_files") or []:
-            stored = await self.storage.get(ref["key"])
-            if stored is None:
-                raise InputFetchError("an uploaded input image is no longer in storage")
-            image = InputImage(data=stored.data, content_type=stored.content_type,
-                               filename=ref["key"].rsplit("/", 1)[-1])
-            if ref.get("role") == "mask":
-                mask = image
-            else:
-                inputs.append(image)
-        return inputs, mask
 
 
 __all__ = ["TaskStatus", "TaskWorker", "WorkerOptions"]

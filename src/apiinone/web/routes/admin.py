@@ -23,7 +23,6 @@ from apiinone.web.routes.pages import (
     checked_form,
     form_text,
     redirect,
-    refresh_model_overrides,
     render,
     services_of,
 )
@@ -191,7 +190,7 @@ async def _models_page(page: Page, *, status: int = 200, error: str | None = Non
     for spec in base.models.values():
         effective = container.catalog.models.get(spec.id, spec)
         rows.append({"spec": spec, "effective": effective, "overridden": spec.id in overrides,
-                     "available": container.providers.is_available(spec),
+                     "available": container.pool.is_available(spec),
                      "file_pricing": ", ".join(f"{q} {p}" for q, p in spec.pricing.items())})
     return render(page, "admin/models.html", status=status, section="admin", tab="models", rows=rows,
                   error=page.t(error) if error else None)
@@ -223,7 +222,7 @@ async def save_model(request: Request, model_id: str) -> Response:
         await queries.set_model_override(base, model_id, enabled=form.get("enabled") == "on", pricing=pricing)
     except InvalidParameter:
         return await _models_page(page, status=400, error="error.price_invalid")
-    await refresh_model_overrides(container, queries)
+    await container.refresh_model_overrides()
     return redirect(page, "/admin/models", done="model_saved")
 
 

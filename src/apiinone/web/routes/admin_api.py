@@ -57,3 +57,12 @@ async def list_nodes(request: Request) -> Response:
         for n in nodes
     ]
     return json_response({"data": data, "next_cursor": None})
+
+
+@router.get("/routes", summary="Upstream routes: configuration, breaker state and counters (admin only)")
+async def list_routes(request: Request) -> Response:
+    _key, account = await authenticate(request)
+    if not account.is_admin:
+        raise Forbidden("this route is for administrators")
+    data = await container_of(request).routes.list_routes()
+    return json_response({"data": data, "next_cursor": None})

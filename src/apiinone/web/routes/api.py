@@ -15,6 +15,7 @@ from apiinone.domain.credits import LedgerKind
 from apiinone.domain.tasks import Task, TaskStatus
 from apiinone.errors import InvalidParameter, ModelNotFound, UrlNotAllowedError
 from apiinone.ids import is_task_id, now_ms
+from apiinone.net.egress import UrlNotAllowed, check_url
 from apiinone.params import MAX_INT64, parse_int, parse_optional_int
 from apiinone.services.tasks import IdempotencyClaim, ImageTaskRequest
 from apiinone.web import openapi
@@ -22,7 +23,6 @@ from apiinone.web.deps import authenticate, base_url_of, container_of, idempoten
 from apiinone.web.responses import JsonResponse, json_response
 from apiinone.web.routes.events import prefer_wait
 from apiinone.web.schemas import ImageGenerationBody, parse_json_body, read_json_body
-from apiinone.webhooks.egress import UrlNotAllowed, check_url
 
 router = APIRouter(prefix="/api/v1")
 log = structlog.get_logger(__name__)
@@ -158,7 +158,7 @@ async def cancel_task(request: Request, task_id: str) -> Response:
 @router.get("/models", summary="List launched models (no key needed)", responses=openapi.ok(openapi.page_of("Model")))
 async def list_models(request: Request) -> Response:
     container = container_of(request)
-    data = [m.to_public(container.providers.is_available(m)) for m in container.catalog.launched()]
+    data = [container.model_public(m) for m in container.catalog.launched()]
     return json_response({"object": "list", "data": data, "next_cursor": None})
 
 
@@ -169,7 +169,7 @@ async def get_model(request: Request, model_id: str) -> Response:
     spec = container.catalog.resolve(model_id)
     if spec is None or not spec.launched or not spec.enabled:
         raise ModelNotFound(f"model {model_id!r} does not exist")
-    return json_response(spec.to_public(container.providers.is_available(spec)))
+    return json_response(container.model_public(spec))
 
 
 @router.get("/account", summary="The account and its credits", responses=openapi.ok(openapi.ref("Account")))

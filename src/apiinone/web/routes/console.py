@@ -19,6 +19,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
+from apiinone.bootstrap import Container
 from apiinone.domain.accounts import Account
 from apiinone.domain.catalog import ModelSpec
 from apiinone.domain.credits import LedgerKind
@@ -469,8 +470,9 @@ def _alive_nodes(nodes: list[dict[str, Any]], model_id: str, lease_s: float) -> 
             if node_health(n, now, interval_ms) == "up" and ("*" in n["models"] or model_id in n["models"])]
 
 
-def _parameters(spec: ModelSpec, page: Page) -> list[dict[str, Any]]:
-    schema = spec.parameters_schema()
+def _parameters(container: Container, spec: ModelSpec, page: Page) -> list[dict[str, Any]]:
+    kind = container.kinds.get(spec.type)
+    schema = kind.parameters_schema(spec) if kind else {"properties": {}}
     required = set(schema.get("required", []))
     rows = []
     for name, prop in schema["properties"].items():
@@ -500,7 +502,7 @@ def curl_example(spec: ModelSpec, base_url: str) -> str:
 async def models_page(request: Request) -> Response:
     page = await load_page(request)
     container = page.container
-    models = [(m, container.providers.is_available(m)) for m in container.catalog.launched()]
+    models = [(m, container.pool.is_available(m)) for m in container.catalog.launched()]
     return render(page, "models/list.html", section="models", models=models)
 
 
@@ -518,7 +520,7 @@ async def model_page(request: Request, model_id: str) -> Response:
     same_endpoint = [m for m in launched if m.type == spec.type and m.id != spec.id]
     related = [r for r in (catalog.resolve(name) for name in spec.related)
                if r is not None and r.launched and r.enabled]
-    available = container.providers.is_available(spec)
+    available = container.pool.is_available(spec)
     nodes = _alive_nodes(await services_of(request).queries.nodes(), spec.id,
                          container.settings.task_lease_s) if available else []
     credits = None
@@ -533,7 +535,7 @@ async def model_page(request: Request, model_id: str) -> Response:
                   use_cases=spec.text("use_cases", page.lang) or [],
                   faq=[{"q": _lang_text(f.get("q", {}), page.lang), "a": _lang_text(f.get("a", {}), page.lang)}
                        for f in spec.faq],
-                  parameters=_parameters(spec, page), curl=curl_example(spec, base_url_of(request)),
+                  parameters=_parameters(container, spec, page), curl=curl_example(spec, base_url_of(request)),
                   same_endpoint=same_endpoint, related=related, nodes=nodes, credits=credits,
                   base_price=base_price, aspect_ratios=ASPECT_RATIOS,
                   pricing_json=orjson.dumps(spec.pricing).decode())

@@ -65,6 +65,8 @@ from apiinone.errors import (
     Unauthorized,
 )
 from apiinone.ids import now_ms
+from apiinone.kinds.image.job import GeneratedImage
+from apiinone.net.fetch import DEFAULT_MAX_PIXELS, sniff_image_type
 from apiinone.params import (
     CONTROL_CHARACTERS_MESSAGE,
     IntegerOutOfRange,
@@ -73,14 +75,12 @@ from apiinone.params import (
     has_control_characters,
     parse_int,
 )
-from apiinone.providers.base import GeneratedImage
 from apiinone.services.tasks import CreateResult, IdempotencyClaim, ImageTaskRequest
 from apiinone.storage import new_image_key
 from apiinone.web import openapi
 from apiinone.web.deps import authenticate, container_of, idempotency_key
 from apiinone.web.responses import JsonResponse
 from apiinone.web.schemas import read_json_body
-from apiinone.webhooks.fetch import DEFAULT_MAX_PIXELS, sniff_image_type
 
 log = structlog.get_logger(__name__)
 
@@ -366,7 +366,7 @@ async def edit_images(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     await authenticate(request)
     container = container_of(request)
-    data = [_model_object(m.id) for m in container.catalog.launched() if container.providers.is_available(m)]
+    data = [_model_object(m.id) for m in container.catalog.launched() if container.pool.is_available(m)]
     return JsonResponse({"object": "list", "data": data})
 
 

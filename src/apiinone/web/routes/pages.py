@@ -8,11 +8,8 @@ nothing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,15 +23,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from apiinone.bootstrap import Container
+from apiinone.bootstrap import ConsoleServices, Container
 from apiinone.domain.accounts import Account
 from apiinone.ids import now_ms
-from apiinone.services.billing import BillingService, packs_from_setting
-from apiinone.services.console import ConsoleQueries
 from apiinone.services.sessions import (
     SESSION_COOKIE,
-    LoginThrottle,
-    SessionService,
     WebSession,
     anonymous_csrf_token,
     csrf_matches,
@@ -48,7 +41,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 PRE_SESSION_COOKIE = "aio_pre"
-OVERRIDES_REFRESH_S = 10.0
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 # Pages load only their own script and styles; images may come from object storage or a CDN.
 PAGE_HEADERS = {
@@ -61,17 +53,8 @@ PAGE_HEADERS = {
 }
 
 
-@dataclass
-class ConsoleServices:
-    sessions: SessionService
-    billing: BillingService
-    queries: ConsoleQueries
-    throttle: LoginThrottle
-    secret_key: str
-
-
 def services_of(request: Request) -> ConsoleServices:
-    services: ConsoleServices = request.app.state.console
+    services: ConsoleServices = request.app.state.container.console
     return services
 
 
@@ -270,60 +253,14 @@ async def error_page(request: Request, status: int, title_key: str, body_key: st
 # --- wiring ------------------------------------------------------------------------------------
 
 
-def _override_fields(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    return {model_id: o.as_catalog_fields() for model_id, o in overrides.items()}
-
-
-async def refresh_model_overrides(container: Container, queries: ConsoleQueries) -> None:
-    container.apply_model_overrides(_override_fields(await queries.model_overrides()))
-
-
 def install(app: FastAPI) -> None:
     """Mount the console, admin and model pages, their static files and their error pages."""
     from apiinone.web.routes import admin, console, console_api
 
-    container: Container = app.state.container
-    settings = container.settings
-    queries = ConsoleQueries(container.db)
-    app.state.console = ConsoleServices(
-        sessions=SessionService(container.db, ttl_ms=settings.session_ttl_days * 86400 * 1000),
-        billing=BillingService(container.db, packs=packs_from_setting(settings.credit_packs)),
-        queries=queries,
-        throttle=LoginThrottle(max_failures=settings.login_max_failures),
-        secret_key=settings.resolved_secret_key(),
-    )
     app.include_router(console.router)
     app.include_router(console_api.router)
     app.include_router(admin.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-
-    refresher: dict[str, asyncio.Task[None]] = {}
-
-    async def keep_overrides_fresh(c: Container) -> None:
-        """Other API processes change overrides too: re-read them every few seconds."""
-        while True:
-            await asyncio.sleep(OVERRIDES_REFRESH_S)
-            try:
-                await refresh_model_overrides(c, queries)
-            except Exception as exc:  # database briefly down: keep the last known overrides
-                log.warning("model_overrides_refresh_failed", error=str(exc))
-
-    async def start(c: Container) -> None:
-        try:
-            await refresh_model_overrides(c, queries)
-        except Exception as exc:  # a database that is not migrated yet must not stop the app
-            log.warning("model_overrides_load_failed", error=str(exc))
-        refresher["task"] = asyncio.create_task(keep_overrides_fresh(c), name="model-overrides")
-
-    async def stop(_c: Container) -> None:
-        task = refresher.pop("task", None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    app.state.on_start.append(start)
-    app.state.on_stop.append(stop)
 
     async def login_required(request: Request, _exc: Exception) -> Response:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")

@@ -47,7 +47,8 @@
 
     function showPrice() {
       var credits = pricing[form.elements.quality.value] || 0;
-      priceOut.textContent = form.getAttribute("data-price-template")
+      var template = String(credits) === "1" ? "data-price-template-one" : "data-price-template";
+      priceOut.textContent = form.getAttribute(template)
         .replace("{credits}", credits).replace("{usd}", "$" + (credits / 100).toFixed(2));
     }
     form.elements.quality.addEventListener("change", showPrice);

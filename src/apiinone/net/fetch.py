@@ -4,7 +4,7 @@ The URL is user-controlled, so the download is bounded in bytes and time, never 
 redirects, and trusts only the bytes: the type comes from magic numbers (not Content-Type) and
 Pillow must accept the image's header and structure without a full decode, with a pixel cap
 against decompression bombs. Network safety comes from the client's transport, which must be
-built with :func:`apiinone.webhooks.egress.guarded_transport`.
+built with :func:`apiinone.net.egress.guarded_transport`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,21 @@ from __future__ import annotations
 import asyncio
 import io
 import warnings
+from dataclasses import dataclass
 
 import httpx
 
+from apiinone.net.egress import UrlNotAllowed
 from apiinone.params import ascii_int
-from apiinone.providers.base import InputImage
-from apiinone.webhooks.egress import UrlNotAllowed
+
+
+@dataclass(frozen=True, slots=True)
+class InputImage:
+    """An input image already fetched through the egress guard and sniffed."""
+
+    data: bytes
+    content_type: str  # image/png, image/jpeg or image/webp
+    filename: str = "image.png"
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

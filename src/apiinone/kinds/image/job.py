@@ -1,7 +1,7 @@
-"""The seam between the task runner and whoever actually makes the pixels.
+"""An image job as upstream adapters receive it, and the capability an image adapter implements.
 
-A provider receives a fully validated, already-downloaded job and returns image bytes. It never
-touches the database, credits or storage: the worker does that around it, so a provider is easy
+An adapter receives a fully validated, already-downloaded job and returns image bytes. It never
+touches the database, credits or storage: the kind does that around it, so an adapter is easy
 to fake and easy to add.
 """
 
@@ -10,20 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from apiinone.net.fetch import InputImage
+from apiinone.upstreams.base import RouteTarget
+
+__all__ = ["ASPECT_SIZES", "GeneratedImage", "ImageGenerator", "ImageJob", "ImageResult", "InputImage"]
+
 ASPECT_SIZES: dict[str, tuple[int, int]] = {
     "1:1": (1024, 1024),
     "2:3": (1024, 1536),
     "3:2": (1536, 1024),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class InputImage:
-    """An input image already fetched through the egress guard and sniffed."""
-
-    data: bytes
-    content_type: str  # image/png, image/jpeg or image/webp
-    filename: str = "image.png"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,32 +63,12 @@ class ImageResult:
     usage: dict[str, object] | None = None
 
 
-class ProviderError(Exception):
-    """A provider failed in a way the task should report; ``code`` goes into the task's error."""
+class ImageGenerator(Protocol):
+    """Makes images for one job on one route. Implementations must be safe to call concurrently."""
 
-    code = "upstream_error"
+    provider: str
+    needs_key: bool
 
-    def __init__(self, message: str, *, code: str | None = None, retryable: bool = False) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
-        self.message = message
-        self.retryable = retryable
-
-
-class ContentPolicyError(ProviderError):
-    code = "content_policy"
-
-
-class UpstreamTimeoutError(ProviderError):
-    code = "timeout"
-
-
-class ImageProvider(Protocol):
-    """Makes images for one job. Implementations must be safe to call concurrently."""
-
-    name: str
-
-    async def generate(self, job: ImageJob) -> ImageResult: ...
+    async def generate_images(self, target: RouteTarget, job: ImageJob) -> ImageResult: ...
 
     async def aclose(self) -> None: ...

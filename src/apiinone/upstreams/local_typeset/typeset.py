@@ -24,14 +24,14 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from apiinone.providers.base import (
+from apiinone.kinds.image.job import (
     ASPECT_SIZES,
     GeneratedImage,
     ImageJob,
     ImageResult,
     InputImage,
-    ProviderError,
 )
+from apiinone.upstreams.base import RouteTarget, UpstreamError
 
 __all__ = ["COLOR_WORDS", "LocalTypesetProvider"]
 
@@ -512,7 +512,7 @@ def _decode(item: InputImage, index: int, cell: tuple[int, int]) -> Image.Image:
                 return im.convert("RGBA") if im.mode != "RGBA" else im.copy()
             return im.convert("RGB") if im.mode != "RGB" else im.copy()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ProviderError(
+        raise UpstreamError(
             f"input image {index + 1} could not be decoded: {exc}", code="invalid_input"
         ) from exc
 
@@ -694,7 +694,8 @@ class LocalTypesetProvider:
     size and downsamples with Lanczos (anti-aliased shapes and text); anything else is medium.
     """
 
-    name = "local-typeset"
+    provider = "local-typeset"
+    needs_key = False
 
     def __init__(self, *, font_path: Path | None = None, cjk_font_path: Path | None = None) -> None:
         latin, cjk = _discover_fonts()
@@ -710,13 +711,16 @@ class LocalTypesetProvider:
 
     async def generate(self, job: ImageJob) -> ImageResult:
         if job.aspect_ratio not in ASPECT_SIZES:
-            raise ProviderError(f"unsupported aspect ratio {job.aspect_ratio!r}", code="invalid_parameter")
+            raise UpstreamError(f"unsupported aspect ratio {job.aspect_ratio!r}", code="invalid_parameter")
         if job.output_format not in _PIL_FORMATS:
-            raise ProviderError(f"unsupported output format {job.output_format!r}", code="invalid_parameter")
+            raise UpstreamError(f"unsupported output format {job.output_format!r}", code="invalid_parameter")
         if not 1 <= job.n <= MAX_IMAGES:
-            raise ProviderError(f"n must be between 1 and {MAX_IMAGES}", code="invalid_parameter")
+            raise UpstreamError(f"n must be between 1 and {MAX_IMAGES}", code="invalid_parameter")
         images = await asyncio.to_thread(_run_job, job, self._fonts)
         return ImageResult(images=images)
+
+    async def generate_images(self, target: RouteTarget, job: ImageJob) -> ImageResult:
+        return await self.generate(job)
 
     async def aclose(self) -> None:
         """Nothing to release: no connections, no background tasks."""

@@ -1,0 +1,21 @@
+"""The few places SQLite and PostgreSQL differ, in one object-free module: callers ask for a
+statement by what it does, never by dialect name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import Insert
+
+
+def is_postgres(conn: AsyncConnection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def insert_or_ignore(conn: AsyncConnection, table: Table, values: dict[str, Any]) -> Insert:
+    """INSERT that does nothing when the row's key already exists (both dialects speak ON CONFLICT)."""
+    stmt = (postgresql.insert if is_postgres(conn) else sqlite.insert)(table).values(**values)
+    return stmt.on_conflict_do_nothing()
