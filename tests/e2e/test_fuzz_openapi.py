@@ -9,12 +9,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.e2e.cluster import free_port
+from tests.fakes.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.e2e
 
@@ -29,13 +31,22 @@ def _cli(env: dict[str, str], *args: str) -> str:
     return done.stdout.strip()
 
 
-def test_schemathesis_finds_no_failures(tmp_path: Path) -> None:
+@pytest.fixture
+def upstream() -> Iterator[FakeOpenAI]:
+    """gpt-image-1.5-official served by the fake OpenAI, so every catalog model is available (a 503
+    ``model_unavailable`` is right for an unconfigured model, but the check counts every 5xx)."""
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+def test_schemathesis_finds_no_failures(tmp_path: Path, upstream: FakeOpenAI) -> None:
     st = Path(sys.executable).parent / "st"
     assert st.exists(), "schemathesis is a dev dependency: run scripts/setup.sh dev"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APIINONE_", "OPENAI_"))}
     env.update({"APIINONE_DATA_DIR": str(tmp_path / "data"), "APIINONE_ENV": "test", "APIINONE_LOG_JSON": "true",
-                "APIINONE_PUBLIC_URL": f"http://127.0.0.1:{port}"})
+                "APIINONE_PUBLIC_URL": f"http://127.0.0.1:{port}", "OPENAI_API_KEY": upstream.api_key,
+                "OPENAI_BASE_URL": upstream.base_url})
     _cli(env, "admin", "create-user", "fuzz@example.com", "--password", "password123", "--credits", "100000",
          "--admin")
     key = _cli(env, "admin", "create-key", "fuzz@example.com").splitlines()[-1]

@@ -120,6 +120,11 @@ SCHEMAS: dict[str, Any] = {
                        "next_attempt_at": _NULLABLE_STRING},
     },
     "Node": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+    "UpstreamRoute": {
+        "type": "object", "required": ["model", "name", "provider", "configured", "state"],
+        "properties": {"model": {"type": "string"}, "name": {"type": "string"}, "provider": {"type": "string"},
+                       "configured": {"type": "boolean"}, "state": {"enum": ["closed", "open", "half_open"]}},
+    },
     "OpenAIImages": {
         "type": "object", "required": ["created", "data"],
         "properties": {"created": {"type": "integer"}, "data": {"type": "array", "items": {

@@ -59,7 +59,8 @@ async def list_nodes(request: Request) -> Response:
     return json_response({"data": data, "next_cursor": None})
 
 
-@router.get("/routes", summary="Upstream routes: configuration, breaker state and counters (admin only)")
+@router.get("/routes", summary="Upstream routes: configuration, breaker state and counters (admin only)",
+            responses=openapi.ok(openapi.page_of("UpstreamRoute")))
 async def list_routes(request: Request) -> Response:
     _key, account = await authenticate(request)
     if not account.is_admin:
