@@ -25,6 +25,7 @@ from apiinone.services.accounts import AccountService, ApiKeyAuthenticator
 from apiinone.services.billing import BillingService, packs_from_setting
 from apiinone.services.console import ConsoleQueries
 from apiinone.services.events import TaskEvents
+from apiinone.services.metering import Metering
 from apiinone.services.routes import RouteStatusService
 from apiinone.services.sessions import LoginThrottle, SessionService
 from apiinone.services.tasks import TaskService
@@ -69,6 +70,7 @@ class Container:
     fetch_client: httpx.AsyncClient
     accounts: AccountService
     keys: ApiKeyAuthenticator
+    metering: Metering
     tasks: TaskService
     task_wakeup: Wakeup
     webhook_wakeup: Wakeup
@@ -210,6 +212,7 @@ def build_container(settings: Settings) -> Container:
         egress=egress, fetch_client=fetch_client,
         accounts=AccountService(db, starter_credits=settings.starter_credits),
         keys=ApiKeyAuthenticator(db, ttl_s=settings.key_cache_ttl_s),
+        metering=Metering(db),
         tasks=None,  # type: ignore[arg-type]  # set just below: it needs the container's callbacks
         task_wakeup=task_wakeup, webhook_wakeup=webhook_wakeup, rate_limits=RateLimiter.from_settings(settings),
         # PostgreSQL NOTIFY reaches waiters from any process, so polling there is only a safety net
@@ -231,7 +234,7 @@ def build_container(settings: Settings) -> Container:
 
     container.tasks = TaskService(
         db, container.catalog_source, is_available=pool.is_available, base_url=container.base_url,
-        on_task_created=task_wakeup.set, on_task_finished=on_task_finished,
+        on_task_created=task_wakeup.set, on_task_finished=on_task_finished, metering=container.metering,
         create_path_of=lambda type_: (kind.create_path if (kind := kinds.get(type_)) else None),
     )
     return container

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from apiinone.domain.credits import format_credits
+
 
 class TaskStatus(StrEnum):
     QUEUED = "queued"
@@ -42,7 +44,7 @@ class Task:
     type: str
     status: TaskStatus
     input: dict[str, Any]
-    price: int
+    price: int  # µcr, as charged
     created_at: int
     api_key_id: str | None = None
     output: dict[str, Any] | None = None
@@ -74,7 +76,7 @@ class Task:
             "input": self.input,
             "output": self.output,
             "error": self.error,
-            "credits": {"price": self.price, "charged": self.charged},
+            "credits": {"price": format_credits(self.price), "charged": format_credits(self.charged)},
             "callback_url": self.callback_url,
             "node": self.node,
             "created_at": iso(self.created_at),

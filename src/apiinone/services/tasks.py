@@ -19,12 +19,11 @@ from apiinone.db.database import Database
 from apiinone.db.uow import SqlUnitOfWork
 from apiinone.domain.accounts import Account, ApiKey
 from apiinone.domain.catalog import Catalog, ModelSpec
-from apiinone.domain.credits import LedgerKind
+from apiinone.domain.credits import credits_to_ucr
 from apiinone.domain.tasks import ACTIVE_STATUSES, Task, TaskStatus
 from apiinone.errors import (
     Forbidden,
     IdempotencyConflict,
-    InsufficientCredits,
     InvalidParameter,
     ModelNotFound,
     ModelUnavailable,
@@ -34,6 +33,7 @@ from apiinone.errors import (
 )
 from apiinone.ids import new_id, now_ms
 from apiinone.kinds.base import Deferred
+from apiinone.services.metering import Metering, RequestRecord
 
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 MAX_IDEMPOTENCY_KEY_CHARS = 255
@@ -87,9 +87,11 @@ class TaskService:
                  is_available: Callable[[ModelSpec], bool], base_url: Callable[[], str],
                  on_task_created: Callable[[], None] = lambda: None,
                  on_task_finished: Callable[[Task], None] = lambda task: None,
-                 create_path_of: Callable[[str], str | None] = lambda type_: None) -> None:
+                 create_path_of: Callable[[str], str | None] = lambda type_: None,
+                 metering: Metering | None = None) -> None:
         self.db = db
         self.create_path_of = create_path_of
+        self.metering = metering or Metering(db)
         self.catalog_source = catalog_source
         self.is_available = is_available
         self.base_url = base_url
@@ -125,7 +127,7 @@ class TaskService:
         spec = self.resolve_model(request.model, key=key, type_="image")
         if request.quality not in spec.pricing:
             raise InvalidParameter(f"quality must be one of {', '.join(spec.pricing)}", param="quality")
-        price = spec.price(request.quality) * request.n
+        price = credits_to_ucr(spec.price(request.quality)) * request.n  # µcr
         now = now_ms()
         task_input: dict[str, Any] = {
             "prompt": request.prompt, "aspect_ratio": request.aspect_ratio, "quality": request.quality,
@@ -152,17 +154,12 @@ class TaskService:
                     await uow.idempotency.add(account.id, idempotency.key, route=idempotency.route,
                                               request_hash=idempotency.request_hash, status_code=status_code,
                                               response_body=body, task_id=task.id, at=now)
-                if not await uow.accounts.try_hold(account.id, price):
-                    credits = await uow.accounts.credits(account.id)
-                    raise InsufficientCredits(
-                        f"this task costs {price} credits but only {credits.available} are available")
+                await self.metering.hold(uow, account_id=account.id, api_key_id=key.id if key else None,
+                                         amount=price, task_id=task.id, at=now)
                 # the hold above locked the account row, so concurrent creates count one at a time
                 if max_active_tasks is not None and await uow.tasks.count_active(account.id) >= max_active_tasks:
                     raise RateLimited(f"this account already has {max_active_tasks} queued or running tasks")
-                if key is not None and not await uow.api_keys.try_spend(key.id, price):
-                    raise InsufficientCredits("this API key has used up its credit budget")
                 await uow.tasks.add(task)
-                await uow.ledger.add(account.id, LedgerKind.HOLD, price, task_id=task.id, at=now)
                 await uow.notify(TASKS_CHANNEL)
                 await uow.commit()
         except IntegrityError:
@@ -260,15 +257,19 @@ class TaskService:
                                       charged=charged, at=now, route=route):
             return None
         if status is TaskStatus.SUCCEEDED:
-            await uow.accounts.change(task.account_id, balance=-task.price, held=-task.price)
-            await uow.ledger.add(task.account_id, LedgerKind.CAPTURE, -task.price, task_id=task.id, at=now)
+            await self.metering.capture(uow, account_id=task.account_id, api_key_id=task.api_key_id,
+                                        held=task.price, charged=charged, task_id=task.id, at=now)
         else:
-            await uow.accounts.change(task.account_id, held=-task.price)
-            await uow.ledger.add(task.account_id, LedgerKind.RELEASE, -task.price, task_id=task.id, at=now)
-            if task.api_key_id is not None:
-                await uow.api_keys.refund(task.api_key_id, task.price)
+            await self.metering.release(uow, account_id=task.account_id, api_key_id=task.api_key_id,
+                                        held=task.price, task_id=task.id, at=now)
         finished = await uow.tasks.get(task.id)
         assert finished is not None
+        # the create call was answered 202 with the task; latency runs from then to the end
+        await self.metering.record(
+            uow, account_id=task.account_id, api_key_id=task.api_key_id, credits=charged, at=now,
+            record=RequestRecord(type=finished.type, model=finished.model, status=status.value, http_status=202,
+                                 route=finished.route, latency_ms=max(0, now - finished.created_at),
+                                 task_id=task.id))
         await uow.notify(TASK_EVENTS_CHANNEL, f"{status.value} {task.id}")  # waiters in other processes
         if finished.callback_url:
             await uow.webhooks.enqueue(

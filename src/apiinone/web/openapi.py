@@ -120,6 +120,21 @@ SCHEMAS: dict[str, Any] = {
                        "next_attempt_at": _NULLABLE_STRING},
     },
     "Node": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}},
+    "RequestRecord": {
+        "type": "object", "required": ["id", "type", "model", "status", "credits", "created_at"],
+        "properties": {"id": {"type": "string"}, "type": {"type": "string"}, "model": {"type": "string"},
+                       "status": {"type": "string"}, "http_status": {"type": ["integer", "null"]},
+                       "credits": _CREDIT_AMOUNT, "input_tokens": {"type": ["integer", "null"]},
+                       "output_tokens": {"type": ["integer", "null"]}, "latency_ms": {"type": ["integer", "null"]},
+                       "ttft_ms": {"type": ["integer", "null"]}, "key_prefix": _NULLABLE_STRING,
+                       "task_id": _NULLABLE_STRING, "created_at": _NULLABLE_STRING},
+    },
+    "UsageRow": {
+        "type": "object", "required": ["group", "requests", "succeeded", "failed", "credits"],
+        "properties": {"group": _NULLABLE_STRING, "requests": {"type": "integer"}, "succeeded": {"type": "integer"},
+                       "failed": {"type": "integer"}, "credits": _CREDIT_AMOUNT,
+                       "input_tokens": {"type": ["integer", "null"]}, "output_tokens": {"type": ["integer", "null"]}},
+    },
     "UpstreamRoute": {
         "type": "object", "required": ["model", "name", "provider", "configured", "state"],
         "properties": {"model": {"type": "string"}, "name": {"type": "string"}, "provider": {"type": "string"},
