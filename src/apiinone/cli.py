@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from apiinone.config import Settings
+from apiinone.config import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from apiinone.bootstrap import Container
@@ -28,10 +28,10 @@ T = TypeVar("T")
 
 def _settings(**overrides: object) -> Settings:
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except ValueError as exc:
+        return load_settings(**overrides)
+    except SettingsError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(2) from None
 
 
 def _migrate_embedded(settings: Settings) -> None:
@@ -194,7 +194,7 @@ def worker(
                 spec = container.catalog.resolve(name.strip())
                 if spec is None:
                     raise typer.BadParameter(f"unknown model {name!r}")
-                if limit and not limit.strip().isdigit():
+                if limit and not (limit.strip().isascii() and limit.strip().isdigit()):
                     raise typer.BadParameter(f"--models {entry!r}: the limit after '=' must be a whole number")
                 model_ids.append(spec.id)
                 if limit:

@@ -33,10 +33,8 @@ class ApiError(Exception):
         super().__init__(self.message)
 
     def to_body(self) -> dict[str, object]:
-        error: dict[str, object] = {"code": self.code, "message": self.message}
-        if self.param is not None:
-            error["param"] = self.param
-        return {"error": error}
+        """``param`` is always there (null when no single field is to blame), so clients can rely on it."""
+        return {"error": {"code": self.code, "message": self.message, "param": self.param}}
 
 
 class InvalidJson(ApiError):

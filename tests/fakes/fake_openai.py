@@ -220,12 +220,19 @@ class RecordedRequest:
         return [f for f in self.files if f.field == name]
 
 
+FAULTS = ("status", "hang", "reset", "garbage", "bad_image")
+"""What a scripted failure does: answer ``status`` (OpenAI's error body), ``hang`` (accept, never
+answer), ``reset`` (a 200 whose body stops half way and the connection is dropped), ``garbage`` (a
+200 that is not JSON) or ``bad_image`` (a well-formed answer whose image is not an image)."""
+
+
 @dataclass(slots=True)
 class ScriptedFailure:
     status: int
     body: dict[str, Any] | None
     headers: dict[str, str]
     delay_s: float = 0.0
+    fault: str = "status"
 
 
 class FakeState:
@@ -484,6 +491,25 @@ def _success(state: FakeState, request: Request, p: _ImageParams, input_images: 
     return Response(body, media_type="application/json")
 
 
+async def _fault_response(fault: str) -> Response:
+    from starlette.responses import StreamingResponse
+
+    if fault == "hang":
+        await asyncio.Event().wait()  # until the client gives up and the server cancels us
+    if fault == "garbage":
+        return Response(b"<html><body>502 Bad Gateway</body></html>", 200, media_type="application/json")
+    if fault == "bad_image":
+        junk = base64.b64encode(b"this is not a PNG").decode()
+        return _json({"created": int(time.time()), "data": [{"b64_json": junk}]})
+
+    async def half_then_drop() -> Any:
+        yield b'{"created": 1, "data": [{"b64_json": "iVBORw0KGgo'
+        raise ConnectionResetError("fake upstream: connection reset mid-body")
+
+    return StreamingResponse(half_then_drop(), 200, media_type="application/json",
+                             headers={"content-length": "100000"})
+
+
 def build_app(state: FakeState) -> Starlette:
     """The ASGI app; ``state`` is shared with the controlling test or CLI."""
 
@@ -496,7 +522,9 @@ def build_app(state: FakeState) -> Starlette:
             delay = failure.delay_s if failure is not None else 0.0
             if state.latency_s or delay:
                 await asyncio.sleep(state.latency_s + delay)
-            if failure is not None:
+            if failure is not None and failure.fault != "status":
+                resp = await _fault_response(failure.fault)
+            elif failure is not None:
                 body = failure.body if failure.body is not None else default_error_body(failure.status)
                 resp = _json(body, failure.status, failure.headers)
             else:
@@ -636,6 +664,7 @@ def build_app(state: FakeState) -> Starlette:
                 spec.get("body"),
                 dict(spec.get("headers") or {}),
                 float(spec.get("delay_s", 0.0)),
+                str(spec.get("fault", "status")),
             ),
             int(spec.get("count", 1)),
         )
@@ -884,6 +913,12 @@ class FakeOpenAI:
         if retry_after is not None:
             hdrs["retry-after"] = f"{retry_after:g}"
         self.state.push_failures(ScriptedFailure(status, body, hdrs, delay_s), count)
+
+    def fault_next(self, fault: str, count: int = 1) -> None:
+        """The next ``count`` image requests misbehave at the transport level: ``hang``, ``reset``,
+        ``garbage`` or ``bad_image`` (see ``FAULTS``)."""
+        assert fault in FAULTS, fault
+        self.state.push_failures(ScriptedFailure(200, None, {}, 0.0, fault), count)
 
     def fail_moderation(self, count: int = 1) -> None:
         self.fail_next(400, MODERATION_BLOCKED_BODY, count)

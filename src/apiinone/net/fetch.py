@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import httpx
 
 from apiinone.net.egress import UrlNotAllowed
+from apiinone.params import ascii_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +77,8 @@ async def _download(client: httpx.AsyncClient, url: str, max_bytes: int) -> byte
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise InputFetchError("input image must not be sent with a content encoding")
-        length = response.headers.get("content-length", "").strip()
-        if length.isdigit() and int(length) > max_bytes:
+        length = ascii_int(response.headers.get("content-length", "").strip())
+        if length is not None and length > max_bytes:
             raise InputFetchError(f"input image is larger than {max_bytes} bytes")
         buffer = bytearray()
         async for chunk in response.aiter_raw():

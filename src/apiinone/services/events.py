@@ -36,7 +36,6 @@ __all__ = [
     "TaskWatch",
     "events_of",
     "notify_payloads",
-    "parse_last_event_id",
 ]
 
 _NOTIFY_MAX_BYTES = 7900  # PostgreSQL caps a NOTIFY payload at 8000 bytes
@@ -75,13 +74,6 @@ def events_of(task: Task, base_url: str) -> list[TaskEvent]:
         end_id = 3 if task.progress is None else END_AFTER_PROGRESS_ID
         events.append(TaskEvent(end_id, task.status.value, task.to_public(base_url)))
     return events
-
-
-def parse_last_event_id(value: str | None) -> int:
-    """The last event a reconnecting client saw; anything unreadable means "none"."""
-    if value and value.strip().isdigit():
-        return int(value.strip())
-    return 0
 
 
 def notify_payloads(status: str, task_ids: Iterable[str]) -> list[str]:

@@ -60,10 +60,6 @@ class IdempotencyClaim:
     request_hash: str
 
     @staticmethod
-    def is_valid_key(key: str) -> bool:
-        return 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS
-
-    @staticmethod
     def for_body(key: str, route: str, body: bytes) -> IdempotencyClaim:
         digest = hashlib.sha256(route.encode() + b"\0" + body).hexdigest()
         return IdempotencyClaim(key=key, route=route, request_hash=digest)

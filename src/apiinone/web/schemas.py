@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from apiinone.domain.tasks import MAX_INPUT_URLS, MAX_PROMPT_CHARS
 from apiinone.errors import InvalidJson, InvalidParameter, PayloadTooLarge
+from apiinone.params import CONTROL_CHARACTERS_MESSAGE, ascii_int, has_control_characters
 
 MAX_JSON_BYTES = 1024 * 1024
 
@@ -32,6 +33,8 @@ class ImageGenerationBody(BaseModel):
         value = value.strip()
         if not 1 <= len(value) <= MAX_PROMPT_CHARS:
             raise ValueError(f"prompt must be 1 to {MAX_PROMPT_CHARS} characters after trimming")
+        if has_control_characters(value):
+            raise ValueError(CONTROL_CHARACTERS_MESSAGE)
         return value
 
 
@@ -91,8 +94,8 @@ M = TypeVar("M", bound=BaseModel)
 async def read_json_body(request: Request, limit: int = MAX_JSON_BYTES) -> bytes:
     """The raw body, refused with 413 as soon as it is known to exceed ``limit``: by its declared
     Content-Length before reading, or while streaming a chunked body, never after buffering it all."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    declared = ascii_int(request.headers.get("content-length", ""))
+    if declared is not None and declared > limit:
         raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
     chunks: list[bytes] = []
     size = 0

@@ -8,6 +8,7 @@ page with the reason.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator
@@ -24,7 +25,8 @@ from apiinone.domain.catalog import ModelSpec
 from apiinone.domain.credits import LedgerKind, format_credits_text, parse_credit_amount
 from apiinone.domain.tasks import ASPECT_RATIOS, TaskStatus, iso
 from apiinone.errors import ApiError, Forbidden, InvalidParameter, NotFound, RateLimited, Unauthorized
-from apiinone.ids import now_ms
+from apiinone.ids import is_task_id, now_ms
+from apiinone.params import ascii_int
 from apiinone.services.accounts import normalize_email
 from apiinone.services.billing import OrderStateConflict, RedemptionFailed
 from apiinone.services.sessions import SESSION_COOKIE
@@ -67,17 +69,29 @@ async def home() -> Response:
     return RedirectResponse("/models", status_code=303)
 
 
+def _signup_closed(page: Page) -> Response | None:
+    """``APIINONE_SIGNUP=closed``: accounts come from admins and the CLI; the page says so."""
+    if page.container.settings.signup == "closed":
+        return render(page, "error.html", status=403, title_key="auth.signup_closed.title",
+                      body_key="auth.signup_closed.body")
+    return None
+
+
 @router.get("/signup")
 async def signup_form(request: Request) -> Response:
     page = await load_page(request)
     if page.account is not None:
         return redirect(page, "/console")
+    if (closed := _signup_closed(page)) is not None:
+        return closed
     return render(page, "auth.html", mode="signup", email="", next_url="/console")
 
 
 @router.post("/signup")
 async def signup(request: Request) -> Response:
     page = await load_page(request)
+    if (closed := _signup_closed(page)) is not None:
+        return closed
     form = await checked_form(page)
     email, password = form_text(form, "email", 320), form_text(form, "password", 1000)
     error = None
@@ -122,11 +136,13 @@ async def login(request: Request) -> Response:
                       error=page.t(key))
 
     try:
-        services.throttle.check(email, address)
+        delay_s = services.throttle.check(email, address)
     except RateLimited as exc:
         response = refuse("error.too_many_logins", 429)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
+    if delay_s:  # this email is being guessed from many addresses: slow down, never lock the owner out
+        await asyncio.sleep(delay_s)
     try:
         account = await page.container.accounts.authenticate_password(email, password)
     except Unauthorized:
@@ -134,7 +150,7 @@ async def login(request: Request) -> Response:
         return refuse("error.login_failed", 401)
     except Forbidden:
         return refuse("error.account_disabled", 403)
-    services.throttle.succeeded(email)
+    services.throttle.succeeded(email, address)
     return await _start_session(page, account, next_url)
 
 
@@ -248,6 +264,8 @@ async def tasks_page(request: Request) -> Response:
         status = None
     model = q.get("model") or None
     cursor = q.get("cursor") or None
+    if cursor is not None and not is_task_id(cursor):  # a page shows the first page rather than an error
+        cursor = None
     tasks, next_cursor = await page.container.tasks.list_tasks(account.id, limit=TASKS_PAGE, cursor=cursor,
                                                                status=status, model=model)
     models = sorted(m.id for m in page.container.catalog.models.values())
@@ -315,7 +333,7 @@ async def _billing_page(page: Page, account: Account, *, status: int = 200, erro
     if kind not in {k.value for k in LedgerKind}:
         kind = ""
     cursor = q.get("cursor") or ""
-    before = int(cursor) if cursor.isdigit() else None
+    before = ascii_int(cursor) if cursor else None
     services = services_of(page.request)
     async with page.container.db.uow(write=False) as uow:
         credits = await uow.accounts.credits(account.id)
@@ -433,12 +451,12 @@ async def change_password(request: Request) -> Response:
     new = form_text(form, "new_password", 1000)
     if len(new) < 8:
         return await _settings_page(page, account, status=400, error="error.password_short")
+    assert page.session is not None
     try:
-        await page.container.accounts.change_password(account.id, form_text(form, "current_password", 1000), new)
+        await page.container.accounts.change_password(account.id, form_text(form, "current_password", 1000), new,
+                                                      keep_session_hash=page.session.id_hash)
     except InvalidParameter:
         return await _settings_page(page, account, status=400, error="error.current_password_wrong")
-    assert page.session is not None
-    await services_of(request).sessions.destroy_all(account.id, except_hash=page.session.id_hash)
     return redirect(page, "/console/settings", done="password_changed")
 
 

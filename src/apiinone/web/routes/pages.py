@@ -222,7 +222,7 @@ def render(page: Page, template: str, *, status: int = 200, section: str = "", *
         "_": page.t, "lang": page.lang, "account": page.account, "csrf_token": page.csrf_token,
         "path": request.url.path, "lang_links": _lang_links(request), "section": section,
         "notice": notice, "error": values.pop("error", None), "ago": _ago(page.t),
-        "base_url": base_url_of(request),
+        "base_url": base_url_of(request), "signup_open": page.container.settings.signup == "open",
     }
     context.update(values)
     html = environment().get_template(template).render(context)
