@@ -15,12 +15,12 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from apiinone.errors import InvalidParameter, UrlNotAllowedError
+from apiinone.errors import UrlNotAllowedError
 from apiinone.kinds.audio import AudioKind
 from apiinone.kinds.video import VideoKind
 from apiinone.net.egress import UrlNotAllowed, check_url
 from apiinone.services.tasks import IdempotencyClaim
-from apiinone.web.deps import authenticate, base_url_of, container_of
+from apiinone.web.deps import authenticate, base_url_of, container_of, idempotency_key
 from apiinone.web.responses import JsonResponse
 from apiinone.web.routes.api import _touch_task, task_response
 from apiinone.web.routes.events import prefer_wait
@@ -50,6 +50,8 @@ async def _create(request: Request, type_name: str, body_model: type[BaseModel],
     key, account = await authenticate(request)
     container = container_of(request)
     await container.rate_limits.check(key, account)
+    wait_s = prefer_wait(request.headers.get("prefer"))  # every header is read before anything changes
+    idem_key = idempotency_key(request)
     raw = await read_json_body(request)
     body = parse_json_body(raw, body_model)
     fields = body.model_dump()
@@ -57,20 +59,17 @@ async def _create(request: Request, type_name: str, body_model: type[BaseModel],
     kind = cast(VideoKind | AudioKind, container.kinds.get(type_name))
     task_input, price = kind.prepare(spec, fields)
     await _check_urls(request, fields.get("input_urls"), fields.get("callback_url"))
-    idem_key = request.headers.get("idempotency-key")
-    claim = None
-    if idem_key is not None:
-        if not IdempotencyClaim.is_valid_key(idem_key):
-            raise InvalidParameter("Idempotency-Key must be 1 to 255 characters", param="Idempotency-Key")
-        claim = IdempotencyClaim.for_body(idem_key, route_name, raw)
+    claim = None if idem_key is None else IdempotencyClaim.for_body(idem_key, route_name, raw)
     base = base_url_of(request)
     result = await container.tasks.create_task(
         account, key, spec, task_input, price, callback_url=fields.get("callback_url"), idempotency=claim,
         render=lambda t: orjson.dumps(t.to_public(base)),
         max_active_tasks=container.rate_limits.max_active_tasks(account))
-    wait_s = prefer_wait(request.headers.get("prefer"))
     if wait_s is not None:
-        task = await container.task_events.wait_for_end(account.id, result.task.id, wait_s)
+        try:
+            task = await container.task_events.wait_for_end(account.id, result.task.id, wait_s)
+        except Exception:  # the task is accepted and held: answer it, never an error for it
+            task = result.task
         response = task_response(request, task, 200 if task.status.is_terminal else 202)
         response.headers["Preference-Applied"] = f"wait={wait_s}"
         if result.replayed:
