@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from apiinone.errors import InvalidParameter
-from apiinone.services.sessions import SessionRepository
+from apiinone.db.sessions import SessionRepository
 from tests.conftest import AppHarness, make_settings
 from tests.integration.test_console_web import PASSWORD, browser, csrf_of, form, signup
 

@@ -28,7 +28,8 @@ def test_no_422_and_every_error_has_the_family_shape(spec: dict[str, Any]) -> No
     for path, method, op in _operations(spec):
         assert "422" not in op["responses"], (method, path)
         assert "503" in op["responses"], (method, path)
-        family = "OpenAIError" if path.startswith("/v1/") else "Error"
+        family = ("AnthropicError" if path.startswith("/v1/messages") else
+                  "OpenAIError" if path.startswith("/v1/") else "Error")
         for status, response in op["responses"].items():
             if status[0] in "45":
                 schema = response["content"]["application/json"]["schema"]

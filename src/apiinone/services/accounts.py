@@ -109,7 +109,7 @@ class AccountService:
                               keep_session_hash: str | None = None) -> int:
         """Set a new password and end the account's other console sessions in one transaction (a
         stolen session must not outlive the password change). Returns how many sessions ended."""
-        from apiinone.services.sessions import SessionRepository
+        from apiinone.db.sessions import SessionRepository
 
         if len(new) < 8:
             raise InvalidParameter("password must be at least 8 characters", param="password")
