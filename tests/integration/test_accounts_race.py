@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from apiinone.errors import InvalidParameter
 from apiinone.db.sessions import SessionRepository
+from apiinone.errors import InvalidParameter
 from tests.conftest import AppHarness, make_settings
 from tests.integration.test_console_web import PASSWORD, browser, csrf_of, form, signup
 
