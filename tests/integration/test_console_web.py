@@ -231,6 +231,36 @@ async def test_playground_route_uses_the_session_not_a_key(harness: AppHarness, 
     assert done["output"]["images"][0]["url"] in page
 
 
+async def test_media_playground_routes_use_the_session_and_the_kinds_checks(harness: AppHarness,
+                                                                           admin: httpx.AsyncClient) -> None:
+    """The video/audio playground routes: CSRF, the kind's own validation and price, no API key."""
+    account = await harness.container.accounts.get_by_email("admin@example.com")
+    await harness.container.accounts.grant(account.id, 10 * M)
+    body = {"model": "local-slideshow", "prompt": "A lighthouse", "duration_s": 4, "resolution": "720p"}
+    r = await admin.post("/console/api/videos/generations", json=body)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    page = (await admin.get("/models/local-slideshow")).text
+    assert 'data-route="/console/api/videos/generations"' in page and 'data-testid="media-duration"' in page
+    token = csrf_of(page)
+    headers = {"X-CSRF-Token": token}
+    for bad, param in (({"duration_s": 3}, "duration_s"), ({"resolution": "4k"}, "resolution"),
+                       ({"aspect_ratio": "4:3"}, "aspect_ratio"), ({"seed": 1}, "seed")):
+        r = await admin.post("/console/api/videos/generations", json={**body, **bad}, headers=headers)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    async with harness.container.db.uow(write=False) as uow:
+        assert (await uow.accounts.credits(account.id)).available == 10 * M  # refused work holds nothing
+    r = await admin.post("/console/api/videos/generations", json=body, headers=headers)
+    assert r.status_code == 202, r.text
+    task = r.json()
+    assert task["model"] == "local-slideshow" and task["credits"]["price"] == 4 and task["status"] == "queued"
+    assert (await harness.container.tasks.get_task(account.id, task["task_id"])).api_key_id is None
+    r = await admin.post("/console/api/audio/generations", headers=headers,
+                         json={"model": "minimax-music", "prompt": "piano", "lyrics": "la" * 3000})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "lyrics"
+    music = (await admin.get("/models/minimax-music")).text
+    assert 'data-route="/console/api/audio/generations"' in music and 'name="instrumental"' in music
+
+
 async def test_admin_model_override_reaches_api_and_pages(harness: AppHarness, admin: httpx.AsyncClient) -> None:
     account = await harness.container.accounts.get_by_email("admin@example.com")
     created = await harness.container.accounts.create_api_key(account.id)

@@ -12,7 +12,7 @@ from apiinone.domain.catalog import ModelSpec
 from apiinone.domain.credits import credits_to_ucr
 from apiinone.web.i18n import Translator
 
-PLAYGROUNDS = ("image", "speech")
+PLAYGROUNDS = ("image", "speech", "video", "audio")
 """Model types whose page has a playground (the console runs them through its same-origin routes)."""
 
 BILLING_KEYS = {"speech": "model.billing_speech", "video": "model.billing_video", "audio": "model.billing_audio"}
@@ -87,6 +87,24 @@ def facts(spec: ModelSpec, speech_formats: frozenset[str] | None) -> dict[str, l
     return out
 
 
+def media_choices(spec: ModelSpec) -> dict[str, Any]:
+    """What the video and audio playgrounds offer, straight from the kinds that validate the task
+    (durations from the catalog entry, resolutions from the prices, cheapest first)."""
+    if spec.type == "video":
+        from apiinone.kinds.video import KIND as VIDEO
+        from apiinone.kinds.video import VIDEO_ASPECT_RATIOS
+
+        return {"durations": list(spec.durations), "resolutions": VIDEO.resolutions(spec),
+                "aspect_ratios": list(VIDEO_ASPECT_RATIOS)}
+    if spec.type == "audio":
+        from apiinone.kinds.audio import KIND as AUDIO
+        from apiinone.kinds.audio import MAX_LYRICS_CHARS
+
+        return {"durations": AUDIO.durations(spec), "any_duration": not spec.durations,
+                "max_lyrics": MAX_LYRICS_CHARS}
+    return {}
+
+
 def curl_example(spec: ModelSpec, base_url: str, create_path: str, image_prompt: str,
                  speech_formats: frozenset[str] | None = None) -> str:
     name = spec.aliases[0] if spec.aliases else spec.id
@@ -119,5 +137,5 @@ def pricing_ucr_json(spec: ModelSpec) -> str:
     return orjson.dumps({k: convert(v) for k, v in spec.pricing.items()}).decode()
 
 
-__all__ = ["PLAYGROUNDS", "base_price_ucr", "curl_example", "facts", "price_rows", "price_summary", "pricing_ucr_json",
-           "speech_price_examples"]
+__all__ = ["PLAYGROUNDS", "base_price_ucr", "curl_example", "facts", "media_choices", "price_rows", "price_summary",
+           "pricing_ucr_json", "speech_price_examples"]

@@ -556,6 +556,7 @@ async def model_page(request: Request, model_id: str) -> Response:
                   price_rows=model_pages.price_rows(spec, page.t), facts=model_pages.facts(spec, speech_formats),
                   speech_examples=model_pages.speech_price_examples(spec) if spec.type == "speech" else [],
                   playground=spec.type if spec.type in model_pages.PLAYGROUNDS else None,
+                  media=model_pages.media_choices(spec),
                   billing_key=model_pages.BILLING_KEYS.get(spec.type, "model.billing_value"),
                   queued=kind is None or kind.queued)
 

@@ -18,6 +18,7 @@ from apiinone.services.tasks import ImageTaskRequest
 from apiinone.web.deps import base_url_of, container_of
 from apiinone.web.responses import json_response
 from apiinone.web.routes.api import check_user_urls
+from apiinone.web.routes.media import create_media_task
 from apiinone.web.routes.pages import services_of
 from apiinone.web.routes.speech import speak_for, speech_request_from
 from apiinone.web.schemas import ImageGenerationBody, parse_json_body, read_json_body
@@ -68,6 +69,27 @@ async def create_speech(request: Request) -> Response:
     await container.rate_limits.check(None, account)
     speech = speech_request_from(await read_json_body(request))
     return await speak_for(request, account, None, speech)
+
+
+async def _create_media(request: Request, type_name: str) -> Response:
+    account = await _session_for_write(request)
+    container = container_of(request)
+    await container.rate_limits.check(None, account)
+    result = await create_media_task(request, account, None, type_name, await read_json_body(request))
+    return json_response(result.task.to_public(base_url_of(request)), 202)
+
+
+@router.post("/videos/generations")
+async def create_video_task(request: Request) -> Response:
+    """The video playground: exactly ``POST /api/v1/videos/generations`` (same validation, price and
+    hold), billed to the session's account; poll ``GET /console/api/tasks/{id}`` for the result."""
+    return await _create_media(request, "video")
+
+
+@router.post("/audio/generations")
+async def create_audio_task(request: Request) -> Response:
+    """The audio playground: exactly ``POST /api/v1/audio/generations``, billed to the session's account."""
+    return await _create_media(request, "audio")
 
 
 @router.get("/tasks/{task_id}")

@@ -15,11 +15,12 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from apiinone.domain.accounts import Account, ApiKey
 from apiinone.errors import UrlNotAllowedError
 from apiinone.kinds.audio import AudioKind
 from apiinone.kinds.video import VideoKind
 from apiinone.net.egress import UrlNotAllowed, check_url
-from apiinone.services.tasks import IdempotencyClaim
+from apiinone.services.tasks import CreateResult, IdempotencyClaim
 from apiinone.web.deps import authenticate, base_url_of, container_of, idempotency_key
 from apiinone.web.responses import JsonResponse
 from apiinone.web.routes.api import _touch_task, task_response
@@ -46,25 +47,35 @@ async def _check_urls(request: Request, urls: list[str] | None, callback_url: st
             raise UrlNotAllowedError(f"{param}: {exc.message}", param=param) from exc
 
 
-async def _create(request: Request, type_name: str, body_model: type[BaseModel], route_name: str) -> Response:
+MEDIA_BODIES: dict[str, type[BaseModel]] = {"video": VideoGenerationBody, "audio": AudioGenerationBody}
+
+
+async def create_media_task(request: Request, account: Account, key: ApiKey | None, type_name: str, raw: Any,
+                            claim: IdempotencyClaim | None = None) -> CreateResult:
+    """Validate, price and create a video or audio task: the one path behind both the API route and
+    the console's playground (``key=None``: billed to the session's account)."""
+    container = container_of(request)
+    fields = parse_json_body(raw, MEDIA_BODIES[type_name]).model_dump()
+    spec = container.tasks.resolve_model(fields["model"], key=key, type_=type_name)
+    kind = cast(VideoKind | AudioKind, container.kinds.get(type_name))
+    task_input, price = kind.prepare(spec, fields)
+    await _check_urls(request, fields.get("input_urls"), fields.get("callback_url"))
+    base = base_url_of(request)
+    return await container.tasks.create_task(
+        account, key, spec, task_input, price, callback_url=fields.get("callback_url"), idempotency=claim,
+        render=lambda t: orjson.dumps(t.to_public(base)),
+        max_active_tasks=container.rate_limits.max_active_tasks(account))
+
+
+async def _create(request: Request, type_name: str, route_name: str) -> Response:
     key, account = await authenticate(request)
     container = container_of(request)
     await container.rate_limits.check(key, account)
     wait_s = prefer_wait(request.headers.get("prefer"))  # every header is read before anything changes
     idem_key = idempotency_key(request)
     raw = await read_json_body(request)
-    body = parse_json_body(raw, body_model)
-    fields = body.model_dump()
-    spec = container.tasks.resolve_model(fields["model"], key=key, type_=type_name)
-    kind = cast(VideoKind | AudioKind, container.kinds.get(type_name))
-    task_input, price = kind.prepare(spec, fields)
-    await _check_urls(request, fields.get("input_urls"), fields.get("callback_url"))
     claim = None if idem_key is None else IdempotencyClaim.for_body(idem_key, route_name, raw)
-    base = base_url_of(request)
-    result = await container.tasks.create_task(
-        account, key, spec, task_input, price, callback_url=fields.get("callback_url"), idempotency=claim,
-        render=lambda t: orjson.dumps(t.to_public(base)),
-        max_active_tasks=container.rate_limits.max_active_tasks(account))
+    result = await create_media_task(request, account, key, type_name, raw, claim)
     if wait_s is not None:
         try:
             task = await container.task_events.wait_for_end(account.id, result.task.id, wait_s)
@@ -88,10 +99,10 @@ async def _create(request: Request, type_name: str, body_model: type[BaseModel],
 @router.post("/videos/generations", status_code=202, openapi_extra=_doc(VideoGenerationBody),
              summary="Create a video generation task")
 async def create_video_task(request: Request) -> Response:
-    return await _create(request, "video", VideoGenerationBody, "videos.generations")
+    return await _create(request, "video", "videos.generations")
 
 
 @router.post("/audio/generations", status_code=202, openapi_extra=_doc(AudioGenerationBody),
              summary="Create an audio (music, sound) generation task")
 async def create_audio_task(request: Request) -> Response:
-    return await _create(request, "audio", AudioGenerationBody, "audio.generations")
+    return await _create(request, "audio", "audio.generations")

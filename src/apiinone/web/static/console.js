@@ -1,4 +1,4 @@
-// apiinone console: copy buttons, confirm-before-submit, and the model playground.
+// apiinone console: copy buttons, confirm-before-submit, and the model playgrounds.
 // All user-facing text comes from data-* attributes rendered from the message catalogs.
 (function () {
   "use strict";
@@ -218,10 +218,158 @@
     });
   }
 
+  // Video and audio: the price is computed before submit from the same µcr prices the kind charges
+  // (video: duration × per_second[resolution]; audio: per_request, or per_second × duration).
+  function setupMediaPlayground(form) {
+    var pricing = JSON.parse(form.getAttribute("data-pricing-ucr"));
+    var isVideo = form.getAttribute("data-type") === "video";
+    var priceOut = document.getElementById("media-price");
+    var statusBox = document.getElementById("media-status");
+    var bar = document.getElementById("media-progress");
+    var result = document.getElementById("media-result");
+    var submit = form.querySelector("button[type=submit]");
+    var msg = function (name) { return form.getAttribute("data-msg-" + name) || name; };
+    var usd = function (ucr) { return "$" + (ucr / 100000000).toFixed(2); };
+
+    function one(ucr) { return ucr === 1000000 ? "-one" : ""; }  // "1 credit", not "1 credits"
+    function duration() { return parseInt(form.elements.duration_s.value, 10) || 0; }
+
+    function showPrice() {
+      var seconds = duration(), rate, cost;
+      if (!isVideo && pricing.per_request !== undefined) {
+        cost = pricing.per_request;
+        priceOut.textContent = form.getAttribute("data-price-request-template" + one(cost))
+          .replace("{credits}", creditsText(cost)).replace("{usd}", usd(cost));
+        return;
+      }
+      rate = isVideo ? (pricing.per_second[form.elements.resolution.value] || 0) : (pricing.per_second || 0);
+      cost = rate * seconds;
+      priceOut.textContent = form.getAttribute("data-price-template" + one(cost)).replace("{seconds}", seconds)
+        .replace("{rate}", creditsText(rate)).replace("{credits}", creditsText(cost)).replace("{usd}", usd(cost));
+    }
+    ["duration_s", "resolution"].forEach(function (name) {
+      var field = form.elements[name];
+      if (!field) return;
+      field.addEventListener("change", showPrice);
+      field.addEventListener("input", showPrice);
+    });
+    showPrice();
+
+    function status(task) {
+      var text = msg(task.status);
+      var running = task.status === "queued" || task.status === "running";
+      if (running && typeof task.progress === "number") {
+        text = form.getAttribute("data-progress-template").replace("{status}", text).replace("{progress}", task.progress);
+      }
+      statusBox.textContent = text;
+      statusBox.classList.toggle("busy", running);
+      bar.hidden = !running;
+      if (running && typeof task.progress === "number") bar.value = task.progress;
+      else bar.removeAttribute("value");  // indeterminate until the upstream reports progress
+    }
+
+    function fail(err) {
+      statusBox.textContent = msg("error") + " " + err.message;
+      statusBox.classList.remove("busy");
+      bar.hidden = true;
+      submit.disabled = false;
+    }
+
+    function poll(taskId) {
+      fetch("/console/api/tasks/" + encodeURIComponent(taskId), { credentials: "same-origin" })
+        .then(function (r) { return r.json(); })
+        .then(function (task) {
+          if (task.error && !task.status) throw new Error(task.error.message);
+          status(task);
+          if (task.status === "queued" || task.status === "running") {
+            setTimeout(function () { poll(taskId); }, 1000);
+            return;
+          }
+          finish(task);
+        })
+        .catch(fail);
+    }
+
+    function refreshAvailable() {
+      var available = document.getElementById("media-available");
+      if (!available) return;
+      fetch("/console/api/account", { credentials: "same-origin" })
+        .then(function (r) { return r.json(); })
+        .then(function (account) {
+          available.textContent = form.getAttribute("data-available-template").replace("{n}", account.credits.available);
+        });
+    }
+
+    function finish(task) {
+      submit.disabled = false;
+      result.textContent = "";
+      refreshAvailable();
+      var output = task.output || {};
+      (output.videos || []).forEach(function (video) {
+        var player = document.createElement("video");
+        player.controls = true;
+        player.preload = "metadata";
+        if (output.thumbnail) player.poster = output.thumbnail.url;
+        if (video.width) { player.width = video.width; player.height = video.height; }
+        player.src = video.url;
+        player.setAttribute("data-testid", "playground-video");
+        result.appendChild(player);
+      });
+      (output.audio || []).forEach(function (clip) {
+        var player = document.createElement("audio");
+        player.controls = true;
+        player.preload = "metadata";
+        player.src = clip.url;
+        player.setAttribute("data-testid", "playground-audio");
+        result.appendChild(player);
+      });
+      if (task.error) {
+        var p = document.createElement("p");
+        p.className = "flash err";
+        p.textContent = task.error.code + ": " + task.error.message;
+        result.appendChild(p);
+      }
+      var open = document.createElement("a");
+      open.href = "/console/tasks/" + encodeURIComponent(task.task_id);
+      open.textContent = msg("open");
+      result.appendChild(open);
+    }
+
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var body = { model: form.getAttribute("data-model"), prompt: form.elements.prompt.value, duration_s: duration() };
+      if (isVideo) {
+        body.resolution = form.elements.resolution.value;
+        body.aspect_ratio = form.elements.aspect_ratio.value;
+      } else {
+        body.instrumental = form.elements.instrumental.checked;
+        if (form.elements.lyrics.value) body.lyrics = form.elements.lyrics.value;
+      }
+      submit.disabled = true;
+      result.textContent = "";
+      statusBox.textContent = msg("submitting");
+      statusBox.classList.add("busy");
+      fetch(form.getAttribute("data-route"), {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": form.getAttribute("data-csrf") },
+        body: JSON.stringify(body)
+      })
+        .then(function (r) { return r.json().then(function (data) { return { ok: r.ok, data: data }; }); })
+        .then(function (answer) {
+          if (!answer.ok) throw new Error(answer.data.error ? answer.data.error.message : "HTTP error");
+          status(answer.data);
+          poll(answer.data.task_id);
+        })
+        .catch(fail);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     var form = document.getElementById("playground-form");
     if (form) setupPlayground(form);
     var speech = document.getElementById("speech-playground");
     if (speech) setupSpeechPlayground(speech);
+    var media = document.getElementById("media-playground");
+    if (media) setupMediaPlayground(media);
   });
 })();
