@@ -129,7 +129,7 @@ async def test_insufficient_credits_create_nothing(tmp_path: Path, sqlite_url: s
 async def test_video_and_audio_model_pages_render(sqlite_harness: AppHarness, model: str) -> None:
     page = await sqlite_harness.client.get(f"/models/{model}")
     assert page.status_code == 200, page.text[:500]
-    assert "/ s" in page.text or "per_request" in page.text
+    assert "Per second, 720p" in page.text or "Per request" in page.text  # the price table of its kind
     assert "/api/v1/videos/generations" in page.text or "/api/v1/audio/generations" in page.text
     listing = await sqlite_harness.client.get("/models")
     assert listing.status_code == 200 and model in listing.text
