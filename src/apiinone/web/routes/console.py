@@ -486,8 +486,9 @@ def _parameters(container: Container, spec: ModelSpec, page: Page) -> list[dict[
     for name, prop in schema["properties"].items():
         if name == "model":
             continue
-        key = f"param.{name}"
-        description = page.t(key) if page.t.has(key) else str(prop.get("description", ""))
+        key = f"param.{name}"  # the translated texts describe the image request's fields
+        translated = spec.type == "image" and page.t.has(key)
+        description = page.t(key) if translated else str(prop.get("description", ""))
         if name == "quality":
             description += " " + ", ".join(f"{q}: {p}" for q, p in spec.pricing.items())
         rows.append({"name": name, "type": prop.get("type", ""), "description": description,
