@@ -24,7 +24,9 @@ from apiinone.ratelimit import RateLimiter
 from apiinone.services.accounts import AccountService, ApiKeyAuthenticator
 from apiinone.services.billing import BillingService, packs_from_setting
 from apiinone.services.console import ConsoleQueries
+from apiinone.services.direct import DirectTasks
 from apiinone.services.events import TaskEvents
+from apiinone.services.metering import Metering
 from apiinone.services.routes import RouteStatusService
 from apiinone.services.sessions import LoginThrottle, SessionService
 from apiinone.services.tasks import TaskService
@@ -69,7 +71,9 @@ class Container:
     fetch_client: httpx.AsyncClient
     accounts: AccountService
     keys: ApiKeyAuthenticator
+    metering: Metering
     tasks: TaskService
+    direct: DirectTasks
     task_wakeup: Wakeup
     webhook_wakeup: Wakeup
     rate_limits: RateLimiter
@@ -102,6 +106,7 @@ class Container:
         """Start what this process runs in the background, in one place: cross-process signals,
         breaker sync, the model-override refresher, and optionally a task worker and webhook delivery."""
         await self.start_listeners()
+        self.background.append(asyncio.create_task(self.direct.keep_leases(), name="direct-leases"))
         if console:
             try:
                 await self.refresh_model_overrides()
@@ -122,6 +127,7 @@ class Container:
             self.delivery = None
         if self.worker is not None:
             await self.worker.stop()
+        await self.direct.drain()
         for task in self.background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -210,7 +216,9 @@ def build_container(settings: Settings) -> Container:
         egress=egress, fetch_client=fetch_client,
         accounts=AccountService(db, starter_credits=settings.starter_credits),
         keys=ApiKeyAuthenticator(db, ttl_s=settings.key_cache_ttl_s),
+        metering=Metering(db),
         tasks=None,  # type: ignore[arg-type]  # set just below: it needs the container's callbacks
+        direct=None,  # type: ignore[arg-type]  # set just below: it runs through the task service
         task_wakeup=task_wakeup, webhook_wakeup=webhook_wakeup, rate_limits=RateLimiter.from_settings(settings),
         # PostgreSQL NOTIFY reaches waiters from any process, so polling there is only a safety net
         task_events=TaskEvents(db, poll_s=settings.worker_poll_s if db.is_sqlite else max(5.0, settings.worker_poll_s)),
@@ -231,7 +239,9 @@ def build_container(settings: Settings) -> Container:
 
     container.tasks = TaskService(
         db, container.catalog_source, is_available=pool.is_available, base_url=container.base_url,
-        on_task_created=task_wakeup.set, on_task_finished=on_task_finished,
+        on_task_created=task_wakeup.set, on_task_finished=on_task_finished, metering=container.metering,
         create_path_of=lambda type_: (kind.create_path if (kind := kinds.get(type_)) else None),
     )
+    container.direct = DirectTasks(db, container.tasks, node=settings.node_name or socket.gethostname(),
+                                   lease_s=settings.task_lease_s)
     return container

@@ -72,6 +72,20 @@ def _run_with_container(settings: Settings, body: Callable[[Container], Awaitabl
     return asyncio.run(main())
 
 
+MAX_CLI_CREDITS = 1_000_000_000
+
+
+def _credit_amount(text: str, param: str, *, allow_zero: bool) -> int:
+    """A credit amount argument (``10``, ``0.5``) → µcr, or exit 1 with the reason, before any work."""
+    from apiinone.domain.credits import parse_credit_amount
+    from apiinone.errors import InvalidParameter
+
+    try:
+        return parse_credit_amount(text, param=param, max_credits=MAX_CLI_CREDITS, allow_zero=allow_zero)
+    except InvalidParameter as exc:
+        raise _fail(exc) from exc
+
+
 def _fail(exc: Exception) -> typer.Exit:
     from apiinone.errors import ApiError
 
@@ -253,15 +267,16 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 def create_user(
     email: str,
     password: Annotated[str | None, typer.Option(help="Login password (min 8 chars).")] = None,
-    credits: Annotated[int, typer.Option(help="Starting credits (a grant).")] = 0,
+    credits: Annotated[str, typer.Option(help="Starting credits (a grant), e.g. 100 or 0.5.")] = "0",
     admin: Annotated[bool, typer.Option("--admin", help="Make an administrator.")] = False,
 ) -> None:
     """Create an account."""
+    _credit_amount(credits, "credits", allow_zero=True)
     settings = _settings()
     _migrate_embedded(settings)
 
     async def body(container: Container) -> str:
-        account = await container.accounts.create_user(email, password, credits=credits, admin=admin)
+        account = await container.accounts.create_user(email, password, credits=credits.strip(), admin=admin)
         return account.id
 
     try:
@@ -290,21 +305,24 @@ def create_key(email: str, name: Annotated[str, typer.Option(help="A label for t
 
 
 @admin_app.command("grant")
-def grant(email: str, credits: int, note: Annotated[str | None, typer.Option(help="Ledger note.")] = None) -> None:
-    """Add credits to an account (a ledger entry)."""
+def grant(email: str, credits: str, note: Annotated[str | None, typer.Option(help="Ledger note.")] = None) -> None:
+    """Add credits to an account (a ledger entry); decimals such as 0.5 are fine."""
+    from apiinone.domain.credits import format_credits_text
+
+    amount = _credit_amount(credits, "credits", allow_zero=False)
     settings = _settings()
     _migrate_embedded(settings)
 
-    async def body(container: Container) -> int:
+    async def body(container: Container) -> str:
         account = await container.accounts.get_by_email(email)
-        updated = await container.accounts.grant(account.id, credits, note=note, actor="cli")
-        return updated.credits.available
+        updated = await container.accounts.grant(account.id, amount, note=note, actor="cli")
+        return format_credits_text(updated.credits.available)
 
     try:
         available = _run_with_container(settings, body)
     except Exception as exc:
         raise _fail(exc) from exc
-    typer.echo(f"granted {credits} credits to {email}; available now {available}", err=True)
+    typer.echo(f"granted {format_credits_text(amount)} credits to {email}; available now {available}", err=True)
 
 
 def main() -> None:

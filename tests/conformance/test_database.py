@@ -18,7 +18,7 @@ from apiinone.db import tables as t
 from apiinone.db.database import Database
 from apiinone.domain.accounts import Account, ApiKey
 from apiinone.domain.catalog import Catalog
-from apiinone.domain.credits import BALANCE_KINDS, LedgerKind
+from apiinone.domain.credits import BALANCE_KINDS, UCR_PER_CREDIT, LedgerKind
 from apiinone.domain.tasks import Task, TaskStatus
 from apiinone.errors import InvalidParameter
 from apiinone.ids import new_id, now_ms
@@ -92,7 +92,7 @@ async def test_account_add_get_and_lookup_by_email(db: Database) -> None:
     assert got is not None and by_email is not None and missing is None
     assert (got.id, got.email, got.is_admin, got.disabled) == (account.id, "alice@example.com", False, False)
     assert by_email.id == account.id
-    assert got.credits.to_public() == {"balance": 0, "held": 0, "available": 0}
+    assert (got.credits.balance, got.credits.held, got.credits.available) == (0, 0, 0)
 
 
 async def test_account_email_is_unique(db: Database) -> None:
@@ -512,12 +512,13 @@ async def _assert_untouched(db: Database, account_id: str) -> None:
 
 
 async def test_balance_equals_sum_of_balance_kinds_after_every_kind_of_movement(db: Database) -> None:
-    """balance = Σ topup, grant, adjustment, capture; held = Σ hold, release, capture (API.md)."""
+    """balance = Σ topup, grant, adjustment, capture; held = Σ hold, release, capture (API.md), in µcr."""
+    ucr = UCR_PER_CREDIT
     accounts = AccountService(db)
     service = TaskService(db, Catalog.load, is_available=lambda _spec: True, base_url=lambda: "http://x")
     account = await accounts.create_user("inv@example.com", credits=20)
-    await accounts.grant(account.id, 15, kind=LedgerKind.TOPUP, note="order")
-    await accounts.grant(account.id, -3, kind=LedgerKind.ADJUSTMENT, note="correction")
+    await accounts.grant(account.id, 15 * ucr, kind=LedgerKind.TOPUP, note="order")
+    await accounts.grant(account.id, -3 * ucr, kind=LedgerKind.ADJUSTMENT, note="correction")
     request = ImageTaskRequest(model="typeset", prompt="p", quality="high")
     created = [(await service.create_image_task(account, None, request)).task for _ in range(4)]
     leased = await lease(db, token="tok", now=now_ms(), limit=3)
@@ -529,13 +530,13 @@ async def test_balance_equals_sum_of_balance_kinds_after_every_kind_of_movement(
     await service.cancel_task(account.id, created[3].id)
     more = (await service.create_image_task(account, None, request)).task
     with pytest.raises(InvalidParameter):
-        await accounts.grant(account.id, -100, kind=LedgerKind.ADJUSTMENT)
+        await accounts.grant(account.id, -100 * ucr, kind=LedgerKind.ADJUSTMENT)
     async with db.uow(write=False) as uow:
         credits = await uow.accounts.credits(account.id)
         sums = await uow.ledger.sums(account.id)
         entries = await uow.ledger.list(account.id, limit=100)
-    assert sum(sums.get(kind.value, 0) for kind in BALANCE_KINDS) == credits.balance == 20 + 15 - 3 - 2
-    assert sums["hold"] + sums.get("release", 0) + sums["capture"] == credits.held == more.price == 2
+    assert sum(sums.get(kind.value, 0) for kind in BALANCE_KINDS) == credits.balance == (20 + 15 - 3 - 2) * ucr
+    assert sums["hold"] + sums.get("release", 0) + sums["capture"] == credits.held == more.price == 2 * ucr
     assert credits.available == credits.balance - credits.held >= 0
     captures = [e for e in entries if e.kind is LedgerKind.CAPTURE]
-    assert [(e.task_id, e.amount) for e in captures] == [(created[0].id, -2)]
+    assert [(e.task_id, e.amount) for e in captures] == [(created[0].id, -2 * ucr)]

@@ -116,7 +116,7 @@ async def test_postgres_restart_under_load_fails_fast_and_recovers(tmp_path: Pat
         assert set(accepted) <= set(audit["tasks"]), "an accepted task was lost"
         assert audit["statuses"] == {"succeeded": len(audit["tasks"])}, audit["statuses"]
         assert_exactly_once(audit)
-        assert audit["balance"] == 100_000 - 10 * len(audit["tasks"])
+        assert audit["balance"] == (100_000 - 10 * len(audit["tasks"])) * 1_000_000  # µcr
 
 
 async def test_rate_limit_is_shared_by_two_api_processes_and_survives_redis_stopping(

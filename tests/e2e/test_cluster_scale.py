@@ -85,7 +85,7 @@ async def test_thousand_tasks_through_three_worker_processes(tmp_path: Path, pg_
         assert audit["statuses"] == {"succeeded": 1000}
         assert set(audit["tasks"]) == set(ids)
         assert_exactly_once(audit)
-        assert audit["balance"] == 0 and audit["captured"] == 10 * 1000
+        assert audit["balance"] == 0 and audit["captured"] == 10 * 1000 * 1_000_000  # µcr
         assert all(row["attempts"] == 1 for row in audit["tasks"].values()), "no task ran twice"
         generations = [r for r in fake.requests if r.path.endswith("/images/generations")]
         assert len(generations) == 1000, "the upstream was called once per task"

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from apiinone.db import tables as t
 from apiinone.db.database import Database
+from apiinone.domain.credits import UCR_PER_CREDIT as M  # amounts in services are µcr
 from apiinone.errors import InvalidParameter, NotFound
 from apiinone.services.accounts import AccountService
 from apiinone.services.billing import (
@@ -50,7 +51,7 @@ async def _balance_and_topups(db: Database, account_id: str) -> tuple[int, list[
 
 async def test_codes_are_stored_hashed_and_work_once(db: Database, billing: BillingService) -> None:
     [account] = await _accounts(db, 1)
-    batch = await billing.create_codes(count=3, credits=40, batch="launch", actor="admin")
+    batch = await billing.create_codes(count=3, amount=40 * M, batch="launch", actor="admin")
     assert len(set(batch.codes)) == 3 and all(c.startswith("AIO-") for c in batch.codes)
     async with db.uow(write=False) as uow:
         stored = (await uow.conn.execute(select(t.redemption_codes))).mappings().all()
@@ -58,19 +59,19 @@ async def test_codes_are_stored_hashed_and_work_once(db: Database, billing: Bill
     assert not any(c in str(dict(r)) for r in stored for c in batch.codes)
 
     # typed by hand: lower case, spaces instead of dashes
-    assert await billing.redeem(account, batch.codes[0].lower().replace("-", " ")) == 40
+    assert await billing.redeem(account, batch.codes[0].lower().replace("-", " ")) == 40 * M
     with pytest.raises(RedemptionFailed):
         await billing.redeem(account, batch.codes[0])
     with pytest.raises(RedemptionFailed):
         await billing.redeem(account, "AIO-0000-0000-0000-0000")
-    assert await _balance_and_topups(db, account) == (40, [40])
+    assert await _balance_and_topups(db, account) == (40 * M, [40 * M])
     [summary] = await billing.code_batches()
-    assert (summary.batch, summary.total, summary.redeemed, summary.credits) == ("launch", 3, 1, 40)
+    assert (summary.batch, summary.total, summary.redeemed, summary.credits) == ("launch", 3, 1, 40 * M)
 
 
 async def test_concurrent_redemption_of_one_code_succeeds_exactly_once(db: Database, billing: BillingService) -> None:
     accounts = await _accounts(db, 8)
-    [code] = (await billing.create_codes(count=1, credits=25)).codes
+    [code] = (await billing.create_codes(count=1, amount=25 * M)).codes
 
     async def attempt(account_id: str) -> bool:
         try:
@@ -82,7 +83,7 @@ async def test_concurrent_redemption_of_one_code_succeeds_exactly_once(db: Datab
     results = await asyncio.gather(*(attempt(a) for a in accounts for _ in range(2)))
     assert results.count(True) == 1
     totals = [await _balance_and_topups(db, a) for a in accounts]
-    assert sorted(b for b, _ in totals) == [0] * 7 + [25]
+    assert sorted(b for b, _ in totals) == [0] * 7 + [25 * M]
     assert sum(len(entries) for _, entries in totals) == 1
 
 
@@ -91,7 +92,7 @@ async def test_order_is_paid_once_with_history(db: Database, billing: BillingSer
     checkout = await billing.create_order(account, "credits-2000")
     assert checkout.manual and checkout.redirect_url is None
     order = checkout.order
-    assert (order.status, order.credits, order.amount_cents) == ("pending", 2000, 2000)
+    assert (order.status, order.credits, order.amount_cents) == ("pending", 2000 * M, 2000)
 
     async def pay() -> bool:
         try:
@@ -102,7 +103,7 @@ async def test_order_is_paid_once_with_history(db: Database, billing: BillingSer
 
     results = await asyncio.gather(*(pay() for _ in range(6)))
     assert results.count(True) == 1
-    assert await _balance_and_topups(db, account) == (2000, [2000])
+    assert await _balance_and_topups(db, account) == (2000 * M, [2000 * M])
     [paid] = await billing.orders(account)
     assert paid.status == "paid" and paid.external_id == "bank-42" and paid.paid_at is not None
     assert [e.status for e in paid.history] == ["pending", "paid"]
@@ -128,16 +129,19 @@ async def test_bad_inputs_are_refused(db: Database, billing: BillingService) -> 
     with pytest.raises(InvalidParameter):
         await billing.create_order(account, "credits-1")
     with pytest.raises(InvalidParameter):
-        await billing.create_codes(count=0, credits=10)
+        await billing.create_codes(count=0, amount=10 * M)
     with pytest.raises(InvalidParameter):
-        await billing.create_codes(count=1, credits=0)
+        await billing.create_codes(count=1, amount=0)
+    with pytest.raises(InvalidParameter):
+        await billing.create_codes(count=1, amount=10_000_000 * M + 1)
     with pytest.raises(RedemptionFailed):
         await billing.redeem(account, "x")
 
 
 def test_packs_and_code_normalization() -> None:
     packs = packs_from_setting(" 500, 2000 ,")
-    assert [(p.id, p.credits, p.amount_cents) for p in packs] == [("credits-500", 500, 500), ("credits-2000", 2000, 2000)]
+    assert [(p.id, p.credits, p.amount_cents) for p in packs] == [
+        ("credits-500", 500 * M, 500), ("credits-2000", 2000 * M, 2000)]
     assert normalize_code("aio-abcd efgh") == "AIOABCDEFGH"
     assert ManualPaymentProvider.name == "manual"
 

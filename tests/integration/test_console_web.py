@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from apiinone.domain.credits import UCR_PER_CREDIT as M  # services take µcr
 from tests.conftest import AppHarness, make_settings
 
 PASSWORD = "password123"
@@ -170,7 +171,7 @@ async def test_admin_grants_deducts_and_disables(harness: AppHarness, admin: htt
         async with harness.container.db.uow(write=False) as uow:
             entries = await uow.ledger.list(member.id, limit=10)
         admin_account = await harness.container.accounts.get_by_email("admin@example.com")
-        assert [(e.kind.value, e.amount) for e in entries] == [("adjustment", -20), ("grant", 70)]
+        assert [(e.kind.value, e.amount) for e in entries] == [("adjustment", -20 * M), ("grant", 70 * M)]
         assert entries[1].note == "welcome"
         billing = (await user.get("/console/billing")).text
         assert 'data-testid="credits-available">50<' in billing
@@ -195,7 +196,7 @@ async def test_revoked_key_fails_at_once(harness: AppHarness, admin: httpx.Async
     assert (await admin.get("/api/v1/account", headers=headers)).status_code == 200
     account = await harness.container.accounts.get_by_email("admin@example.com")
     [listed] = await harness.container.accounts.list_api_keys(account.id)
-    assert listed.allowed_models == ("local-typeset",) and listed.credit_budget == 5
+    assert listed.allowed_models == ("local-typeset",) and listed.credit_budget == 5 * M
     assert key.group(1) not in (await admin.get("/console/keys")).text  # shown once only
     assert (await form(admin, "/console/keys", f"/console/keys/{listed.id}/revoke")).status_code == 303
     r = await admin.get("/api/v1/account", headers=headers)
@@ -204,7 +205,7 @@ async def test_revoked_key_fails_at_once(harness: AppHarness, admin: httpx.Async
 
 async def test_playground_route_uses_the_session_not_a_key(harness: AppHarness, admin: httpx.AsyncClient) -> None:
     account = await harness.container.accounts.get_by_email("admin@example.com")
-    await harness.container.accounts.grant(account.id, 10)
+    await harness.container.accounts.grant(account.id, 10 * M)
     body = {"model": "typeset", "prompt": "Hello red", "quality": "high", "aspect_ratio": "3:2"}
     r = await admin.post("/console/api/tasks", json=body)
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
@@ -233,7 +234,7 @@ async def test_playground_route_uses_the_session_not_a_key(harness: AppHarness, 
 async def test_admin_model_override_reaches_api_and_pages(harness: AppHarness, admin: httpx.AsyncClient) -> None:
     account = await harness.container.accounts.get_by_email("admin@example.com")
     created = await harness.container.accounts.create_api_key(account.id)
-    await harness.container.accounts.grant(account.id, 100)
+    await harness.container.accounts.grant(account.id, 100 * M)
     headers = {"Authorization": f"Bearer {created.plaintext}"}
     body = {"model": "local-typeset", "prompt": "x"}
 
@@ -270,7 +271,7 @@ async def test_language_from_header_query_and_cookie(harness: AppHarness) -> Non
 
 async def test_ledger_csv_and_billing_flow(harness: AppHarness, admin: httpx.AsyncClient) -> None:
     billing = harness.container.console.billing
-    [code] = (await billing.create_codes(count=1, credits=30)).codes
+    [code] = (await billing.create_codes(count=1, amount=30 * M)).codes
     r = await form(admin, "/console/billing", "/console/billing/redeem", code=code)
     assert r.status_code == 303
     r = await form(admin, "/console/billing", "/console/billing/redeem", code=code)
@@ -281,7 +282,7 @@ async def test_ledger_csv_and_billing_flow(harness: AppHarness, admin: httpx.Asy
     assert 'data-testid="credits-balance">30<' in page and 'class="badge order-pending"' in page
     csv_text = (await admin.get("/console/billing/ledger.csv")).text
     lines = csv_text.strip().splitlines()
-    assert lines[0] == "id,created_at,kind,amount,task_id,note"
+    assert lines[0] == "id,created_at,kind,amount,task_id,request_id,note"
     assert len(lines) == 2 and ",topup,30," in lines[1]
 
 
@@ -290,7 +291,7 @@ async def test_task_page_shows_webhook_deliveries_and_redelivers(tmp_path: Path,
     async with AppHarness(settings) as h, browser(h) as client:
         await signup(client, "hooks@example.com")
         account = await h.container.accounts.get_by_email("hooks@example.com")
-        await h.container.accounts.grant(account.id, 5)
+        await h.container.accounts.grant(account.id, 5 * M)
         token = csrf_of((await client.get("/models/local-typeset")).text)
         r = await client.post("/console/api/tasks", headers={"X-CSRF-Token": token}, json={
             "model": "local-typeset", "prompt": "hook", "callback_url": "http://127.0.0.1:9/hook"})
@@ -308,3 +309,52 @@ async def test_task_page_shows_webhook_deliveries_and_redelivers(tmp_path: Path,
             r = await form(stranger, "/console", f"/console/tasks/{task_id}/redeliver")
             assert r.status_code == 404
             assert (await stranger.get(f"/console/tasks/{task_id}")).status_code == 404
+
+
+BAD_AMOUNTS = ("abc", "-1", "+1", "1e3", "0", "0.0000001", "1.1234567", "１２", "١٢", "1,5", " ", "9" * 30)
+
+
+async def test_credit_fields_take_exact_decimals_and_refuse_the_rest(harness: AppHarness,
+                                                                     admin: httpx.AsyncClient) -> None:
+    """Every credit amount typed into a console or admin form is parsed strictly to µcr: 400, never 500."""
+    account = await harness.container.accounts.get_by_email("admin@example.com")
+    users = "/admin/users"
+    r = await form(admin, users, f"/admin/users/{account.id}/credits", amount="0.5", action="grant")
+    assert r.status_code == 303
+    r = await form(admin, users, f"/admin/users/{account.id}/credits", amount="0.000001", action="deduct")
+    assert r.status_code == 303
+    for bad in BAD_AMOUNTS:
+        r = await form(admin, users, f"/admin/users/{account.id}/credits", amount=bad, action="grant")
+        assert r.status_code == 400, bad
+    async with harness.container.db.uow(write=False) as uow:
+        entries = await uow.ledger.list(account.id, limit=10)
+    assert [(e.kind.value, e.amount) for e in entries] == [("adjustment", -1), ("grant", 500_000)]
+    page = (await admin.get("/console/billing")).text
+    assert 'data-testid="credits-available">0.499999<' in page and "+0.5<" in page and "-0.000001<" in page
+
+    r = await form(admin, "/console/keys", "/console/keys", name="half", credit_budget="2.5")
+    assert r.status_code == 201
+    [key] = await harness.container.accounts.list_api_keys(account.id)
+    assert key.credit_budget == 2_500_000 and "0/2.5<" in (await admin.get("/console/keys")).text
+    for bad in [b for b in BAD_AMOUNTS if b.strip()]:  # an empty budget is no budget
+        r = await form(admin, "/console/keys", "/console/keys", name="x", credit_budget=bad)
+        assert r.status_code == 400, bad
+    assert len(await harness.container.accounts.list_api_keys(account.id)) == 1
+
+    r = await form(admin, "/admin/codes", "/admin/codes", count="2", credits="0.25", batch="quarter")
+    assert r.status_code == 201 and "0.25" in r.text
+    [batch] = await harness.container.console.billing.code_batches()
+    assert (batch.batch, batch.credits, batch.total) == ("quarter", 250_000, 2)
+    for count, credits in [("2", bad) for bad in BAD_AMOUNTS] + [("١", "5"), ("0", "5"), ("1001", "5"), ("x", "5")]:
+        r = await form(admin, "/admin/codes", "/admin/codes", count=count, credits=credits)
+        assert r.status_code == 400, (count, credits)
+
+    for medium in ("1.5", "abc", "-1", "١", "1000001"):
+        r = await form(admin, "/admin/models", "/admin/models/local-typeset", enabled="on", price_medium=medium,
+                       price_high="2")
+        assert r.status_code == 400, medium
+    r = await form(admin, "/admin/models", "/admin/models/local-typeset", enabled="on", price_medium="0",
+                   price_high="3.000000")
+    assert r.status_code == 303
+    models = {m["id"]: m for m in (await admin.get("/api/v1/models")).json()["data"]}
+    assert models["local-typeset"]["pricing"] == {"medium": 0, "high": 3}

@@ -174,7 +174,7 @@ async def test_finish_with_a_stale_lease_token_charges_nothing(no_worker: AppHar
     assert credits == {"balance": 10, "held": 1, "available": 9}
     assert ledger == [("hold", 1), ("grant", 10)]
     finished = await h.container.tasks.complete_task(current, "lease_current", {"images": []})
-    assert finished is not None and finished.charged == 1
+    assert finished is not None and finished.charged == 1_000_000  # µcr
     credits, ledger = await credits_and_ledger(caller)
     assert credits == {"balance": 9, "held": 0, "available": 9}
     assert ledger == [("capture", -1), ("hold", 1), ("grant", 10)]

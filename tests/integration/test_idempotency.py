@@ -91,7 +91,7 @@ async def test_a_failed_create_stores_nothing_so_a_retry_can_succeed(sqlite_harn
     caller = await sqlite_harness.caller(credits=0)
     headers = {"Idempotency-Key": "after-top-up"}
     assert (await caller.post(CREATE, json=SEED, headers=headers)).status_code == 402
-    await sqlite_harness.container.accounts.grant(caller.account_id, 5, note="top-up", actor="test")
+    await sqlite_harness.container.accounts.grant(caller.account_id, 5_000_000, note="top-up", actor="test")  # µcr
     r = await caller.post(CREATE, json=SEED, headers=headers)
     assert r.status_code == 202 and "idempotent-replayed" not in r.headers
 

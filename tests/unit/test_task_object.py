@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+
 from apiinone.domain.tasks import TERMINAL_STATUSES, Task, TaskStatus, iso
 
 CREATED = 1_795_548_662_123  # 2026-11-24T19:31:02.123Z, the example in API.md
@@ -10,15 +14,20 @@ CREATED = 1_795_548_662_123  # 2026-11-24T19:31:02.123Z, the example in API.md
 def make_task(**kw: object) -> Task:
     values: dict[str, object] = {
         "id": "tsk_01ABC", "account_id": "acc_1", "model": "gpt-image-1.5-official", "type": "image",
-        "status": TaskStatus.QUEUED, "price": 10, "created_at": CREATED,
+        "status": TaskStatus.QUEUED, "price": 10_000_000, "created_at": CREATED,  # µcr
         "input": {"prompt": "p", "aspect_ratio": "1:1", "quality": "medium", "input_urls": []},
     }
     values.update(kw)
     return Task(**values)  # type: ignore[arg-type]
 
 
+def public_json(task: Task, base_url: str) -> Any:
+    """The task object as a client reads it (credit amounts are exact JSON numbers)."""
+    return orjson.loads(orjson.dumps(task.to_public(base_url)))
+
+
 def test_queued_task_object_has_exactly_the_contract_fields() -> None:
-    public = make_task().to_public("https://host")
+    public = public_json(make_task(), "https://host")
     assert public == {
         "task_id": "tsk_01ABC", "object": "task", "type": "image",
         "model": "gpt-image-1.5-official",
@@ -37,13 +46,18 @@ def test_queued_task_object_has_exactly_the_contract_fields() -> None:
 def test_finished_task_object_shows_output_node_and_times() -> None:
     output = {"images": [{"url": "https://host/files/x.png", "width": 1024, "height": 1024,
                           "content_type": "image/png"}]}
-    public = make_task(status=TaskStatus.SUCCEEDED, output=output, charged=10, node="node42",
-                       callback_url="https://example.com/hook", started_at=CREATED + 1_000,
-                       finished_at=CREATED + 61_999).to_public("http://h")
+    public = public_json(make_task(status=TaskStatus.SUCCEEDED, output=output, charged=10_000_000, node="node42",
+                                   callback_url="https://example.com/hook", started_at=CREATED + 1_000,
+                                   finished_at=CREATED + 61_999), "http://h")
     assert public["status"] == "succeeded" and public["output"] == output
     assert public["credits"] == {"price": 10, "charged": 10} and public["node"] == "node42"
     assert public["callback_url"] == "https://example.com/hook"
     assert (public["started_at"], public["finished_at"]) == ("2026-11-24T19:31:03Z", "2026-11-24T19:32:04Z")
+
+
+def test_fractional_credits_are_exact_decimals_in_json() -> None:
+    body = orjson.dumps(make_task(price=2_500, charged=99_997_475).to_public("http://h"))
+    assert b'"credits":{"price":0.0025,"charged":99.997475}' in body
 
 
 def test_iso_is_utc_seconds_with_z() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
@@ -31,6 +32,11 @@ class TaskEvent:
         return self.event in TERMINAL_STATUSES
 
 
+def _credits(value: Any) -> Decimal:
+    """A JSON credit amount: its shortest decimal text is the exact amount the server formatted."""
+    return Decimal(str(value))
+
+
 @dataclass
 class TaskData:
     """The task object (see API.md); ``raw`` keeps the JSON as the server sent it."""
@@ -41,8 +47,8 @@ class TaskData:
     input: dict[str, Any]
     output: dict[str, Any] | None
     error: dict[str, str] | None
-    price: int
-    charged: int
+    price: Decimal  # credits, exact (the server sends at most 6 decimals)
+    charged: Decimal
     node: str | None
     created_at: str | None
     started_at: str | None
@@ -55,7 +61,7 @@ class TaskData:
         return {
             "task_id": data["task_id"], "status": data["status"], "model": data.get("model", ""),
             "input": data.get("input") or {}, "output": data.get("output"), "error": data.get("error"),
-            "price": int(credits.get("price", 0)), "charged": int(credits.get("charged", 0)),
+            "price": _credits(credits.get("price", 0)), "charged": _credits(credits.get("charged", 0)),
             "node": data.get("node"), "created_at": data.get("created_at"), "started_at": data.get("started_at"),
             "finished_at": data.get("finished_at"), "raw": data,
         }

@@ -193,6 +193,10 @@ class ApiKeyRepository:
         result = await self.conn.execute(_SPEND, {"key_id": key_id, "amount": amount})
         return result.rowcount == 1
 
+    async def prefix_of(self, key_id: str) -> str | None:
+        row = (await self.conn.execute(select(t.api_keys.c.prefix).where(t.api_keys.c.id == key_id))).first()
+        return None if row is None else str(row[0])
+
     async def refund(self, key_id: str, amount: int) -> None:
         await self.conn.execute(
             update(t.api_keys).where(t.api_keys.c.id == key_id)
@@ -205,10 +209,11 @@ class LedgerRepository:
         self.conn = conn
 
     async def add(self, account_id: str, kind: LedgerKind, amount: int, *, task_id: str | None = None,
-                  note: str | None = None, actor: str | None = None, at: int | None = None) -> None:
+                  request_id: str | None = None, note: str | None = None, actor: str | None = None,
+                  at: int | None = None) -> None:
         await self.conn.execute(_INSERT_LEDGER, {
-            "account_id": account_id, "kind": kind.value, "amount": amount, "task_id": task_id, "note": note,
-            "actor": actor, "created_at": at or now_ms(),
+            "account_id": account_id, "kind": kind.value, "amount": amount, "task_id": task_id,
+            "request_id": request_id, "note": note, "actor": actor, "created_at": at or now_ms(),
         })
 
     async def list(self, account_id: str, *, limit: int, before_id: int | None = None,
@@ -222,7 +227,7 @@ class LedgerRepository:
         return [
             LedgerEntry(id=int(r["id"]), account_id=r["account_id"], kind=LedgerKind(r["kind"]),
                         amount=int(r["amount"]), task_id=r["task_id"], note=r["note"],
-                        created_at=int(r["created_at"]))
+                        created_at=int(r["created_at"]), request_id=r["request_id"])
             for r in (await self.conn.execute(stmt)).mappings()
         ]
 
@@ -240,8 +245,9 @@ class TaskRepository:
         await self.conn.execute(_INSERT_TASK, {
             "id": task.id, "account_id": task.account_id, "api_key_id": task.api_key_id, "type": task.type,
             "model": task.model, "status": task.status.value, "input": orjson.dumps(task.input).decode(),
-            "price": task.price, "charged": 0, "callback_url": task.callback_url, "attempts": 0, "run_after": 0,
-            "created_at": task.created_at,
+            "price": task.price, "charged": 0, "callback_url": task.callback_url, "attempts": task.attempts,
+            "run_after": 0, "created_at": task.created_at, "node": task.node, "lease_token": task.lease_token,
+            "lease_expires_at": task.lease_expires_at, "started_at": task.started_at,
         })
 
     async def get(self, task_id: str, account_id: str | None = None) -> Task | None:

@@ -1,11 +1,14 @@
 """All tables. Timestamps are integer epoch milliseconds (portable across SQLite and PostgreSQL,
-cheap to compare); JSON documents are stored as text written by orjson."""
+cheap to compare); JSON documents are stored as text written by orjson. Credit amounts are integer
+micro-credits (1 credit = 1,000,000 µcr), except ``model_overrides.pricing``, which holds catalog
+prices and so is in credits like the catalog file."""
 
 from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     ForeignKey,
     Index,
@@ -45,6 +48,10 @@ accounts = Table(
     Column("max_concurrent_tasks", Integer, nullable=True),
     Column("locale", String(10), nullable=True),
     Column("created_at", BigInteger, nullable=False),
+    # the database itself refuses a negative balance or hold, and a hold above the balance
+    CheckConstraint("balance >= 0", name="balance_nonnegative"),
+    CheckConstraint("held >= 0", name="held_nonnegative"),
+    CheckConstraint("held <= balance", name="held_within_balance"),
 )
 
 api_keys = Table(
@@ -109,7 +116,32 @@ ledger_entries = Table(
     Column("note", Text, nullable=True),
     Column("actor", String(40), nullable=True),
     Column("created_at", BigInteger, nullable=False),
+    Column("request_id", String(40), nullable=True),
     Index("ix_ledger_account_id", "account_id", "id"),
+)
+
+request_log = Table(
+    "request_log",
+    metadata,
+    Column("id", String(40), primary_key=True),  # req_<ulid>: time-ordered, the paging cursor
+    Column("account_id", String(40), ForeignKey("accounts.id"), nullable=False),
+    Column("api_key_id", String(40), nullable=True),
+    Column("key_prefix", String(20), nullable=True),
+    Column("type", String(20), nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("route", String(100), nullable=True),
+    Column("status", String(20), nullable=False),  # succeeded | failed | canceled
+    Column("http_status", Integer, nullable=False),
+    Column("credits", BigInteger, nullable=False),  # µcr charged
+    Column("input_tokens", BigInteger, nullable=True),
+    Column("output_tokens", BigInteger, nullable=True),
+    Column("latency_ms", BigInteger, nullable=True),
+    Column("ttft_ms", BigInteger, nullable=True),
+    Column("task_id", String(40), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Index("ix_request_log_account_id", "account_id", "id"),
+    Index("ix_request_log_account_created", "account_id", "created_at"),
+    Index("ix_request_log_account_model", "account_id", "model", "id"),
 )
 
 idempotency_keys = Table(
@@ -249,6 +281,7 @@ __all__ = [
     "model_overrides",
     "orders",
     "redemption_codes",
+    "request_log",
     "route_health",
     "tasks",
     "web_sessions",

@@ -21,6 +21,7 @@ from apiinone.db.repositories import (
     LedgerRepository,
     TaskRepository,
 )
+from apiinone.db.request_log import RequestLogRepository
 from apiinone.db.route_health import RouteHealthRepository
 from apiinone.db.webhooks import WebhookRepository
 
@@ -36,6 +37,7 @@ class SqlUnitOfWork:
     queue: QueueRepository
     idempotency: IdempotencyRepository
     webhooks: WebhookRepository
+    requests: RequestLogRepository
     route_health: RouteHealthRepository
     conn: AsyncConnection
 
@@ -56,6 +58,7 @@ class SqlUnitOfWork:
         self.queue = QueueRepository(self.conn)
         self.idempotency = IdempotencyRepository(self.conn)
         self.webhooks = WebhookRepository(self.conn)
+        self.requests = RequestLogRepository(self.conn)
         self.route_health = RouteHealthRepository(self.conn)
         return self
 

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from apiinone.domain.credits import format_credits
+
 
 class TaskStatus(StrEnum):
     QUEUED = "queued"
@@ -32,6 +34,10 @@ ASPECT_RATIOS = ("1:1", "2:3", "3:2")
 QUALITIES = ("medium", "high")
 MAX_PROMPT_CHARS = 5000
 MAX_INPUT_URLS = 16
+DIRECT_ATTEMPTS = 1_000_000_000
+"""``attempts`` of a task an API process runs itself (a synchronous route's direct call). No
+worker ever leases it (it has no attempts left), and if the process dies its lease runs out and
+the workers' sweep of exhausted tasks ends it as ``timeout``, releasing its hold."""
 
 
 @dataclass(slots=True)
@@ -42,7 +48,7 @@ class Task:
     type: str
     status: TaskStatus
     input: dict[str, Any]
-    price: int
+    price: int  # µcr, as charged
     created_at: int
     api_key_id: str | None = None
     output: dict[str, Any] | None = None
@@ -74,7 +80,7 @@ class Task:
             "input": self.input,
             "output": self.output,
             "error": self.error,
-            "credits": {"price": self.price, "charged": self.charged},
+            "credits": {"price": format_credits(self.price), "charged": format_credits(self.charged)},
             "callback_url": self.callback_url,
             "node": self.node,
             "created_at": iso(self.created_at),

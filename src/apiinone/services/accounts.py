@@ -1,4 +1,4 @@
-"""Accounts, API keys and credit grants."""
+"""Accounts, API keys and credit grants. Amounts are µcr except where a parameter says credits."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -13,7 +14,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from apiinone.db.channels import KEYS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.domain.accounts import Account, ApiKey
-from apiinone.domain.credits import LedgerKind
+from apiinone.domain.credits import LedgerKind, credits_to_ucr
 from apiinone.errors import Forbidden, InvalidParameter, NotFound, Unauthorized
 from apiinone.ids import new_id, now_ms
 from apiinone.webhooks.signing import new_webhook_secret
@@ -56,12 +57,16 @@ class CreatedKey:
 
 
 class AccountService:
-    def __init__(self, db: Database, *, starter_credits: int = 0) -> None:
+    def __init__(self, db: Database, *, starter_credits: int | str | Decimal = 0) -> None:
         self.db = db
-        self.starter_credits = starter_credits
+        self.starter_ucr = credits_to_ucr(starter_credits)
 
-    async def create_user(self, email: str, password: str | None = None, *, credits: int = 0,
+    async def create_user(self, email: str, password: str | None = None, *, credits: int | str | Decimal = 0,
                           admin: bool = False, first_is_admin: bool = False) -> Account:
+        """``credits`` (whole or decimal credits, not µcr) plus the starter credits are granted."""
+        grant = credits_to_ucr(credits) + self.starter_ucr
+        if grant < 0:
+            raise InvalidParameter("credits must not be negative", param="credits")
         email = normalize_email(email)
         if password is not None and len(password) < 8:
             raise InvalidParameter("password must be at least 8 characters", param="password")
@@ -73,7 +78,6 @@ class AccountService:
             account = Account(id=new_id("acc"), email=email, created_at=now_ms(), is_admin=is_admin,
                               webhook_secret=new_webhook_secret())
             await uow.accounts.add(account, password_hash)
-            grant = credits + self.starter_credits
             if grant:
                 await uow.accounts.change(account.id, balance=grant)
                 await uow.ledger.add(account.id, LedgerKind.GRANT, grant, note="starter credits")
@@ -118,6 +122,7 @@ class AccountService:
 
     async def create_api_key(self, account_id: str, name: str = "", *, allowed_models: list[str] | None = None,
                              credit_budget: int | None = None) -> CreatedKey:
+        """``credit_budget`` in µcr: the most the key may have held or spent at once."""
         plaintext = API_KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(id=new_id("key"), account_id=account_id, name=name.strip()[:200],
                      prefix=plaintext[:12], created_at=now_ms(),
@@ -143,21 +148,21 @@ class AccountService:
         async with self.db.uow(write=False) as uow:
             return await uow.api_keys.list_for_account(account_id)
 
-    async def grant(self, account_id: str, credits: int, *, kind: LedgerKind = LedgerKind.GRANT,
+    async def grant(self, account_id: str, amount: int, *, kind: LedgerKind = LedgerKind.GRANT,
                     note: str | None = None, actor: str | None = None) -> Account:
-        """Add (or, for an adjustment, remove) credits. A deduction never makes available < 0."""
-        if credits == 0:
+        """Add (or, for an adjustment, remove) ``amount`` µcr. A deduction never makes available < 0."""
+        if amount == 0:
             raise InvalidParameter("credits must not be zero", param="credits")
-        if credits < 0 and kind is not LedgerKind.ADJUSTMENT:
+        if amount < 0 and kind is not LedgerKind.ADJUSTMENT:
             raise InvalidParameter("only an adjustment may be negative", param="credits")
         async with self.db.uow() as uow:
             if await uow.accounts.get(account_id) is None:
                 raise NotFound("account not found")
-            if credits > 0:
-                await uow.accounts.change(account_id, balance=credits)
-            elif not await uow.accounts.try_debit(account_id, -credits):
+            if amount > 0:
+                await uow.accounts.change(account_id, balance=amount)
+            elif not await uow.accounts.try_debit(account_id, -amount):
                 raise InvalidParameter("deduction exceeds the available credits", param="credits")
-            await uow.ledger.add(account_id, kind, credits, note=note, actor=actor)
+            await uow.ledger.add(account_id, kind, amount, note=note, actor=actor)
             account = await uow.accounts.get(account_id)
             await uow.commit()
         assert account is not None

@@ -1,9 +1,9 @@
 """Top-ups: redemption codes and orders for credit packs, behind a ``PaymentProvider`` protocol.
 
-Every credit change is a ``topup`` ledger entry written in the same transaction as the state
-change that earns it (a code marked redeemed, an order marked paid), and both state changes are
-compare-and-set updates: a code is redeemed once and an order is paid once, however many
-requests race for it.
+Amounts are integer µcr (``domain.credits``). Every credit change is a ``topup`` ledger entry
+written in the same transaction as the state change that earns it (a code marked redeemed, an
+order marked paid), and both state changes are compare-and-set updates: a code is redeemed once
+and an order is paid once, however many requests race for it.
 
 Order states: ``pending`` → ``paid`` | ``canceled``; each change is appended to the order's
 history with its time and actor.
@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from apiinone.db import tables as t
 from apiinone.db.database import Database
-from apiinone.domain.credits import LedgerKind
+from apiinone.domain.credits import UCR_PER_CREDIT, LedgerKind, credits_to_ucr
 from apiinone.errors import ApiError, InvalidParameter, NotFound
 from apiinone.ids import new_id, now_ms
 
@@ -53,21 +53,21 @@ class OrderStateConflict(ApiError):
 @dataclass(frozen=True, slots=True)
 class CreditPack:
     id: str
-    credits: int
+    credits: int  # µcr
     amount_cents: int
     currency: str = "USD"
 
 
 def packs_from_setting(value: str) -> list[CreditPack]:
-    """``"500,2000,10000"`` → packs at the list price of 1 credit = USD 0.01."""
+    """``"500,2000,10000"`` (whole credits) → packs at the list price of 1 credit = USD 0.01."""
     packs = []
     for part in value.split(","):
         part = part.strip()
         if part:
+            if not (part.isascii() and part.isdigit()) or int(part) <= 0:
+                raise ValueError("credit packs must be positive whole numbers of credits")
             credits = int(part)
-            if credits <= 0:
-                raise ValueError("credit packs must be positive")
-            packs.append(CreditPack(id=f"credits-{credits}", credits=credits, amount_cents=credits))
+            packs.append(CreditPack(id=f"credits-{credits}", credits=credits_to_ucr(credits), amount_cents=credits))
     return packs
 
 
@@ -84,7 +84,7 @@ class Order:
     id: str
     account_id: str
     pack: str
-    credits: int
+    credits: int  # µcr
     amount_cents: int
     currency: str
     provider: str
@@ -124,7 +124,7 @@ class ManualPaymentProvider:
 @dataclass(frozen=True, slots=True)
 class CodeBatch:
     batch: str
-    credits: int
+    credits: int  # µcr per code
     total: int
     redeemed: int
     created_at: int
@@ -133,7 +133,7 @@ class CodeBatch:
 @dataclass(frozen=True, slots=True)
 class CreatedBatch:
     batch: str
-    credits: int
+    credits: int  # µcr per code
     codes: list[str] = field(default_factory=list)
 
 
@@ -240,24 +240,25 @@ class BillingService:
         self.packs = {p.id: p for p in packs}
         self.providers: dict[str, PaymentProvider] = providers or {"manual": ManualPaymentProvider()}
 
-    async def create_codes(self, *, count: int, credits: int, batch: str = "",
+    async def create_codes(self, *, count: int, amount: int, batch: str = "",
                            actor: str | None = None) -> CreatedBatch:
-        """A batch of single-use codes. The plaintext is returned once; only hashes are stored."""
+        """A batch of single-use codes worth ``amount`` µcr each. The plaintext is returned once;
+        only hashes are stored."""
         if not 1 <= count <= MAX_CODES_PER_BATCH:
             raise InvalidParameter(f"count must be from 1 to {MAX_CODES_PER_BATCH}", param="count")
-        if not 1 <= credits <= MAX_CODE_CREDITS:
-            raise InvalidParameter(f"credits must be from 1 to {MAX_CODE_CREDITS}", param="credits")
+        if not 1 <= amount <= MAX_CODE_CREDITS * UCR_PER_CREDIT:
+            raise InvalidParameter(f"credits must be from 0.000001 to {MAX_CODE_CREDITS}", param="credits")
         now = now_ms()
         label = batch.strip()[:60] or new_id("batch", now)
         codes = [new_code() for _ in range(count)]
         async with self.db.uow() as uow:
             await BillingRepository(uow.conn).add_codes(
-                [(hash_code(c), c[:8]) for c in codes], batch=label, credits=credits, actor=actor, at=now)
+                [(hash_code(c), c[:8]) for c in codes], batch=label, credits=amount, actor=actor, at=now)
             await uow.commit()
-        return CreatedBatch(batch=label, credits=credits, codes=codes)
+        return CreatedBatch(batch=label, credits=amount, codes=codes)
 
     async def redeem(self, account_id: str, code: str) -> int:
-        """Credit the code's value to the account, once per code; returns the credits added."""
+        """Credit the code's value to the account, once per code; returns the µcr added."""
         normalized = normalize_code(code)
         if not 8 <= len(normalized) <= 64:
             raise RedemptionFailed()

@@ -6,6 +6,7 @@ does, and a task ends iff its capture or release is written.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,12 +20,11 @@ from apiinone.db.database import Database
 from apiinone.db.uow import SqlUnitOfWork
 from apiinone.domain.accounts import Account, ApiKey
 from apiinone.domain.catalog import Catalog, ModelSpec
-from apiinone.domain.credits import LedgerKind
-from apiinone.domain.tasks import ACTIVE_STATUSES, Task, TaskStatus
+from apiinone.domain.credits import credits_to_ucr
+from apiinone.domain.tasks import ACTIVE_STATUSES, DIRECT_ATTEMPTS, Task, TaskStatus
 from apiinone.errors import (
     Forbidden,
     IdempotencyConflict,
-    InsufficientCredits,
     InvalidParameter,
     ModelNotFound,
     ModelUnavailable,
@@ -34,6 +34,7 @@ from apiinone.errors import (
 )
 from apiinone.ids import new_id, now_ms
 from apiinone.kinds.base import Deferred
+from apiinone.services.metering import Metering, RequestRecord
 
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 MAX_IDEMPOTENCY_KEY_CHARS = 255
@@ -70,6 +71,16 @@ class IdempotencyClaim:
 
 
 @dataclass(frozen=True, slots=True)
+class DirectLease:
+    """A task the API process runs itself: it is inserted ``running`` under this lease, which the
+    process renews while the call lasts (see ``services/direct.py``)."""
+
+    node: str
+    token: str
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class CreateResult:
     task: Task
     replayed: bool = False
@@ -91,9 +102,11 @@ class TaskService:
                  is_available: Callable[[ModelSpec], bool], base_url: Callable[[], str],
                  on_task_created: Callable[[], None] = lambda: None,
                  on_task_finished: Callable[[Task], None] = lambda task: None,
-                 create_path_of: Callable[[str], str | None] = lambda type_: None) -> None:
+                 create_path_of: Callable[[str], str | None] = lambda type_: None,
+                 metering: Metering | None = None) -> None:
         self.db = db
         self.create_path_of = create_path_of
+        self.metering = metering or Metering(db)
         self.catalog_source = catalog_source
         self.is_available = is_available
         self.base_url = base_url
@@ -119,8 +132,10 @@ class TaskService:
     async def create_image_task(self, account: Account, key: ApiKey | None, request: ImageTaskRequest, *,
                                 idempotency: IdempotencyClaim | None = None,
                                 render: Callable[[Task], bytes] | None = None,
-                                status_code: int = 202, max_active_tasks: int | None = None) -> CreateResult:
-        """Hold the price, insert the task and enqueue it, in one transaction.
+                                status_code: int = 202, max_active_tasks: int | None = None,
+                                direct: DirectLease | None = None) -> CreateResult:
+        """Hold the price, insert the task and enqueue it, in one transaction; with ``direct`` the
+        task is inserted running under that lease instead of queued, for this process to run.
 
         With an idempotency claim the first response is stored in the same transaction, before the
         hold, so two concurrent requests with one key create one task: the loser's insert conflicts
@@ -129,7 +144,7 @@ class TaskService:
         spec = self.resolve_model(request.model, key=key, type_="image")
         if request.quality not in spec.pricing:
             raise InvalidParameter(f"quality must be one of {', '.join(spec.pricing)}", param="quality")
-        price = spec.price(request.quality) * request.n
+        price = credits_to_ucr(spec.price(request.quality)) * request.n  # µcr
         now = now_ms()
         task_input: dict[str, Any] = {
             "prompt": request.prompt, "aspect_ratio": request.aspect_ratio, "quality": request.quality,
@@ -144,6 +159,9 @@ class TaskService:
         task = Task(id=new_id("tsk", now), account_id=account.id, api_key_id=key.id if key else None,
                     model=spec.id, type=spec.type, status=TaskStatus.QUEUED, input=task_input, price=price,
                     created_at=now, callback_url=request.callback_url)
+        if direct is not None:
+            task = dataclasses.replace(task, status=TaskStatus.RUNNING, node=direct.node, lease_token=direct.token,
+                                       lease_expires_at=direct.expires_at, attempts=DIRECT_ATTEMPTS, started_at=now)
         if idempotency is not None:
             replay = await self._replay(account.id, idempotency)
             if replay is not None:
@@ -156,18 +174,14 @@ class TaskService:
                     await uow.idempotency.add(account.id, idempotency.key, route=idempotency.route,
                                               request_hash=idempotency.request_hash, status_code=status_code,
                                               response_body=body, task_id=task.id, at=now)
-                if not await uow.accounts.try_hold(account.id, price):
-                    credits = await uow.accounts.credits(account.id)
-                    raise InsufficientCredits(
-                        f"this task costs {price} credits but only {credits.available} are available")
+                await self.metering.hold(uow, account_id=account.id, api_key_id=key.id if key else None,
+                                         amount=price, task_id=task.id, at=now)
                 # the hold above locked the account row, so concurrent creates count one at a time
                 if max_active_tasks is not None and await uow.tasks.count_active(account.id) >= max_active_tasks:
                     raise RateLimited(f"this account already has {max_active_tasks} queued or running tasks")
-                if key is not None and not await uow.api_keys.try_spend(key.id, price):
-                    raise InsufficientCredits("this API key has used up its credit budget")
                 await uow.tasks.add(task)
-                await uow.ledger.add(account.id, LedgerKind.HOLD, price, task_id=task.id, at=now)
-                await uow.notify(TASKS_CHANNEL)
+                if direct is None:
+                    await uow.notify(TASKS_CHANNEL)
                 await uow.commit()
         except IntegrityError:
             if idempotency is None:
@@ -176,7 +190,8 @@ class TaskService:
             if replay is None:
                 raise
             return replay
-        self.on_task_created()
+        if direct is None:
+            self.on_task_created()
         return CreateResult(task=task)
 
     async def _replay(self, account_id: str, claim: IdempotencyClaim) -> CreateResult | None:
@@ -253,10 +268,19 @@ class TaskService:
             self.on_task_finished(finished)
         return finished
 
+    async def finish_in(self, uow: SqlUnitOfWork, task: Task, status: TaskStatus, *, output: dict[str, Any] | None,
+                        error: dict[str, str] | None, route: str | None, http_status: int) -> Task | None:
+        """End a direct task inside the caller's transaction (its group commit): the same
+        compare-and-set on the lease, money movement, request-log row and events as any finish."""
+        return await self._finish(uow, task, status, from_statuses=(TaskStatus.RUNNING,),
+                                  lease_token=task.lease_token, output=output, error=error, route=route,
+                                  http_status=http_status, direct=True)
+
     async def _finish(self, uow: SqlUnitOfWork, task: Task, status: TaskStatus, *,
                       from_statuses: Sequence[TaskStatus] | frozenset[TaskStatus],
                       lease_token: str | None = None, output: dict[str, Any] | None = None,
-                      error: dict[str, str] | None = None, route: str | None = None) -> Task | None:
+                      error: dict[str, str] | None = None, route: str | None = None,
+                      http_status: int = 202, direct: bool = False) -> Task | None:
         now = now_ms()
         charged = task.price if status is TaskStatus.SUCCEEDED else 0
         if not await uow.tasks.finish(task.id, status=status, from_statuses=list(from_statuses),
@@ -264,15 +288,24 @@ class TaskService:
                                       charged=charged, at=now, route=route):
             return None
         if status is TaskStatus.SUCCEEDED:
-            await uow.accounts.change(task.account_id, balance=-task.price, held=-task.price)
-            await uow.ledger.add(task.account_id, LedgerKind.CAPTURE, -task.price, task_id=task.id, at=now)
+            await self.metering.capture(uow, account_id=task.account_id, api_key_id=task.api_key_id,
+                                        held=task.price, charged=charged, task_id=task.id, at=now)
         else:
-            await uow.accounts.change(task.account_id, held=-task.price)
-            await uow.ledger.add(task.account_id, LedgerKind.RELEASE, -task.price, task_id=task.id, at=now)
-            if task.api_key_id is not None:
-                await uow.api_keys.refund(task.api_key_id, task.price)
-        finished = await uow.tasks.get(task.id)
+            await self.metering.release(uow, account_id=task.account_id, api_key_id=task.api_key_id,
+                                        held=task.price, task_id=task.id, at=now)
+        if direct:  # only this compare-and-set changes a direct task's row: no need to read it back
+            finished: Task | None = dataclasses.replace(
+                task, status=status, output=output, error=error, charged=charged, finished_at=now,
+                lease_token=None, lease_expires_at=None, route=route if route is not None else task.route)
+        else:
+            finished = await uow.tasks.get(task.id)
         assert finished is not None
+        # a queued create was answered 202 with the task; latency runs from then to the end
+        await self.metering.record(
+            uow, account_id=task.account_id, api_key_id=task.api_key_id, credits=charged, at=now,
+            record=RequestRecord(type=finished.type, model=finished.model, status=status.value,
+                                 http_status=http_status, route=finished.route,
+                                 latency_ms=max(0, now - finished.created_at), task_id=task.id))
         await uow.notify(TASK_EVENTS_CHANNEL, f"{status.value} {task.id}")  # waiters in other processes
         if finished.callback_url:
             await uow.webhooks.enqueue(

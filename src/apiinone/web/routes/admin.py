@@ -12,10 +12,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from apiinone.domain.credits import LedgerKind
+from apiinone.domain.credits import UCR_PER_CREDIT, LedgerKind, parse_credit_amount
 from apiinone.errors import InvalidParameter, NotFound
 from apiinone.ids import now_ms
-from apiinone.services.billing import OrderStateConflict
+from apiinone.services.billing import MAX_CODE_CREDITS, MAX_CODES_PER_BATCH, OrderStateConflict
 from apiinone.web.routes.admin_api import node_health
 from apiinone.web.routes.pages import (
     Page,
@@ -29,6 +29,8 @@ from apiinone.web.routes.pages import (
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 ORDER_STATUSES = ("pending", "paid", "canceled")
+MAX_ADMIN_CHANGE_CREDITS = 1_000_000_000
+MAX_PRICE_CREDITS = 1_000_000
 
 
 @router.get("")
@@ -60,10 +62,11 @@ async def change_credits(request: Request, account_id: str) -> Response:
     """Grant (a ``grant`` entry) or deduct (a negative ``adjustment``), always with the admin as actor."""
     page, admin = await admin_page(request)
     form = await checked_form(page)
-    amount_text = form_text(form, "amount", 12)
-    if not amount_text.isdigit() or int(amount_text) <= 0:
+    try:
+        amount = parse_credit_amount(form_text(form, "amount", 40), param="amount",
+                                     max_credits=MAX_ADMIN_CHANGE_CREDITS)
+    except InvalidParameter:
         return await _users_page(page, status=400, error="error.amount_invalid")
-    amount = int(amount_text)
     deduct = form_text(form, "action", 10) == "deduct"
     note = form_text(form, "note", 500) or None
     try:
@@ -121,12 +124,13 @@ async def codes(request: Request) -> Response:
 async def create_codes(request: Request) -> Response:
     page, admin = await admin_page(request)
     form = await checked_form(page)
-    count_text, credits_text = form_text(form, "count", 6), form_text(form, "credits", 10)
-    if not count_text.isdigit() or not credits_text.isdigit():
+    count_text = form_text(form, "count", 40)
+    if not (count_text.isascii() and count_text.isdigit() and 1 <= int(count_text) <= MAX_CODES_PER_BATCH):
         return await _codes_page(page, status=400, error="error.codes_invalid")
     try:
+        amount = parse_credit_amount(form_text(form, "credits", 40), param="credits", max_credits=MAX_CODE_CREDITS)
         created = await services_of(request).billing.create_codes(
-            count=int(count_text), credits=int(credits_text), batch=form_text(form, "batch", 60), actor=admin.id)
+            count=int(count_text), amount=amount, batch=form_text(form, "batch", 60), actor=admin.id)
     except InvalidParameter:
         return await _codes_page(page, status=400, error="error.codes_invalid")
     return await _codes_page(page, status=201, created=created)
@@ -211,12 +215,16 @@ async def save_model(request: Request, model_id: str) -> Response:
     spec = base.models.get(model_id)
     if spec is None:
         return await _models_page(page, status=404, error="error.model_not_found")
-    pricing: dict[str, int] = {}
+    pricing: dict[str, int] = {}  # catalog prices are credits; image prices are whole credits
     for quality in spec.pricing:
-        value = form_text(form, f"price_{quality}", 10)
-        if not value.isdigit():
+        try:
+            price = parse_credit_amount(form_text(form, f"price_{quality}", 40), param=f"price_{quality}",
+                                        max_credits=MAX_PRICE_CREDITS, allow_zero=True)
+        except InvalidParameter:
             return await _models_page(page, status=400, error="error.price_invalid")
-        pricing[quality] = int(value)
+        if price % UCR_PER_CREDIT:
+            return await _models_page(page, status=400, error="error.price_invalid")
+        pricing[quality] = price // UCR_PER_CREDIT
     queries = services_of(request).queries
     try:
         await queries.set_model_override(base, model_id, enabled=form.get("enabled") == "on", pricing=pricing)

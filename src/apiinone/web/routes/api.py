@@ -1,4 +1,4 @@
-"""The public API, ``/api/v1``: image tasks, tasks, models and the account."""
+"""The public API, ``/api/v1``: image tasks, tasks, models, the account, its ledger, request log and usage."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
-from apiinone.domain.tasks import Task
+from apiinone.domain.credits import format_credits
+from apiinone.domain.tasks import Task, iso
 from apiinone.errors import InvalidParameter, ModelNotFound, UrlNotAllowedError
 from apiinone.ids import now_ms
 from apiinone.net.egress import UrlNotAllowed, check_url
 from apiinone.services.tasks import IdempotencyClaim, ImageTaskRequest
+from apiinone.services.usage import UsageService
 from apiinone.web.deps import authenticate, base_url_of, container_of
 from apiinone.web.responses import JsonResponse, json_response
 from apiinone.web.routes.events import prefer_wait
@@ -177,15 +179,51 @@ async def get_ledger(request: Request) -> Response:
         entries = await uow.ledger.list(account.id, limit=limit + 1, before_id=int(cursor) if cursor else None,
                                         kind=request.query_params.get("kind") or None)
     page = entries[:limit]
-    data = [{"id": e.id, "kind": e.kind.value, "amount": e.amount, "task_id": e.task_id, "note": e.note,
-             "created_at": _iso(e.created_at)} for e in page]
+    data = [{"id": e.id, "kind": e.kind.value, "amount": format_credits(e.amount), "task_id": e.task_id,
+             "request_id": e.request_id, "note": e.note, "created_at": iso(e.created_at)} for e in page]
     return json_response({"data": data, "next_cursor": str(page[-1].id) if len(entries) > limit else None})
 
 
-def _iso(ms: int) -> str | None:
-    from apiinone.domain.tasks import iso
+def _usage(request: Request) -> UsageService:
+    container = container_of(request)
+    return UsageService(container.db, container.catalog_source)
 
-    return iso(ms)
+
+def _query_doc(*params: tuple[str, dict[str, Any], str]) -> dict[str, Any]:
+    return {"parameters": [{"name": name, "in": "query", "required": False, "schema": schema, "description": text}
+                           for name, schema, text in params]}
+
+
+_REQUESTS_DOC = _query_doc(
+    ("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "entries per page"),
+    ("cursor", {"type": "string"}, "next_cursor of the previous page"),
+    ("model", {"type": "string"}, "only this model (id or alias)"),
+    ("type", {"type": "string", "enum": ["image", "video", "audio", "speech", "chat"]}, "only this type"),
+)
+_USAGE_DOC = _query_doc(
+    ("from", {"type": "string", "format": "date"}, "first UTC day (default: 29 days before to)"),
+    ("to", {"type": "string", "format": "date"}, "last UTC day, included (default: today)"),
+    ("group_by", {"type": "string", "enum": ["day", "model", "key"], "default": "day"}, "one row per group"),
+)
+
+
+@router.get("/account/requests", summary="The request log, newest first", openapi_extra=_REQUESTS_DOC)
+async def list_requests(request: Request) -> Response:
+    _key, account = await authenticate(request)
+    q = request.query_params
+    entries, next_cursor = await _usage(request).requests(
+        account.id, limit=_limit(request), cursor=q.get("cursor"), model=q.get("model"), type=q.get("type"))
+    return json_response({"data": [e.to_public() for e in entries], "next_cursor": next_cursor})
+
+
+@router.get("/account/usage", summary="Requests, credits and tokens per UTC day, model or key",
+            openapi_extra=_USAGE_DOC)
+async def get_usage(request: Request) -> Response:
+    _key, account = await authenticate(request)
+    q = request.query_params
+    group_by, rows = await _usage(request).usage(account.id, start=q.get("from"), end=q.get("to"),
+                                                 group_by=q.get("group_by"))
+    return json_response({"data": [r.to_public(group_by) for r in rows], "next_cursor": None})
 
 
 @router.get("/account/webhook-secret", summary="The account's webhook signing secret")

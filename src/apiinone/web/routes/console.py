@@ -21,7 +21,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from apiinone.bootstrap import Container
 from apiinone.domain.accounts import Account
 from apiinone.domain.catalog import ModelSpec
-from apiinone.domain.credits import LedgerKind
+from apiinone.domain.credits import LedgerKind, format_credits_text, parse_credit_amount
 from apiinone.domain.tasks import ASPECT_RATIOS, TaskStatus, iso
 from apiinone.errors import ApiError, Forbidden, InvalidParameter, NotFound, RateLimited, Unauthorized
 from apiinone.ids import now_ms
@@ -51,6 +51,7 @@ router = APIRouter(include_in_schema=False)
 EXAMPLE_PROMPT = 'A modern logo design for a coffee shop called "Bean & Brew" with clean typography'
 LEDGER_PAGE = 50
 TASKS_PAGE = 20
+MAX_KEY_BUDGET_CREDITS = 1_000_000_000
 
 
 def _client_address(request: Request) -> str:
@@ -206,12 +207,13 @@ async def create_key(request: Request) -> Response:
         if spec is None:
             return await _keys_page(page, account, status=400, error="error.unknown_model")
         allowed.append(spec.id)
-    budget_text = form_text(form, "credit_budget", 20)
+    budget_text = form_text(form, "credit_budget", 40)
     budget: int | None = None
     if budget_text:
-        if not budget_text.isdigit() or int(budget_text) <= 0:
+        try:
+            budget = parse_credit_amount(budget_text, param="credit_budget", max_credits=MAX_KEY_BUDGET_CREDITS)
+        except InvalidParameter:
             return await _keys_page(page, account, status=400, error="error.budget_invalid")
-        budget = int(budget_text)
     created = await page.container.accounts.create_api_key(
         account.id, name or page.t("keys.default_name"), allowed_models=allowed or None, credit_budget=budget)
     return await _keys_page(page, account, status=201, created=created.plaintext)
@@ -375,13 +377,14 @@ async def ledger_csv(request: Request) -> Response:
     async def rows() -> AsyncIterator[str]:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["id", "created_at", "kind", "amount", "task_id", "note"])
+        writer.writerow(["id", "created_at", "kind", "amount", "task_id", "request_id", "note"])
         before: int | None = None
         while True:
             async with db.uow(write=False) as uow:
                 entries = await uow.ledger.list(account.id, limit=500, before_id=before, kind=kind)
             for e in entries:
-                writer.writerow([e.id, iso(e.created_at), e.kind.value, e.amount, e.task_id or "", e.note or ""])
+                writer.writerow([e.id, iso(e.created_at), e.kind.value, format_credits_text(e.amount), e.task_id or "",
+                                 e.request_id or "", e.note or ""])
             yield buffer.getvalue()
             buffer.seek(0)
             buffer.truncate()

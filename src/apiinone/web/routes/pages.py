@@ -12,6 +12,7 @@ import functools
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -25,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 
 from apiinone.bootstrap import ConsoleServices, Container
 from apiinone.domain.accounts import Account
+from apiinone.domain.credits import UCR_PER_CREDIT, format_credits_text
 from apiinone.ids import now_ms
 from apiinone.services.sessions import (
     SESSION_COOKIE,
@@ -154,7 +156,18 @@ def when(ms: int | None) -> str:
 
 
 def usd(credits: int) -> str:
+    """Whole credits (catalog prices, cents) as dollars: 1 credit = USD 0.01."""
     return f"${credits / 100:,.2f}"
+
+
+def ucr_usd(ucr: int) -> str:
+    """µcr as dollars to the cent, rounded half up (display only; the ledger stays exact)."""
+    dollars = (Decimal(ucr) / (UCR_PER_CREDIT * 100)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    return f"${dollars:,}"
+
+
+def signed_credits(ucr: int) -> str:
+    return ("+" if ucr > 0 else "") + format_credits_text(ucr)
 
 
 @functools.cache
@@ -166,6 +179,9 @@ def environment() -> jinja2.Environment:
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["when"] = when
     env.filters["usd"] = usd
+    env.filters["credits"] = format_credits_text  # µcr → "99.997475"
+    env.filters["ucr_usd"] = ucr_usd
+    env.filters["signed_credits"] = signed_credits
     return env
 
 
