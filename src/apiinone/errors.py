@@ -11,6 +11,7 @@ ApiError
 ├── IdempotencyConflict / TaskNotCancelable (409)
 ├── PayloadTooLarge (413 payload_too_large)
 ├── RateLimited (429 rate_limited, ``retry_after`` seconds)
+├── UpstreamFailed (502 upstream_error / 504 timeout / 400 content_policy: a direct call's upstream failed)
 ├── ModelUnavailable (503 model_unavailable)
 ├── ServiceUnavailable (503 service_unavailable)
 └── InternalError (500 internal_error)
@@ -91,6 +92,18 @@ class RateLimited(ApiError):
     def __init__(self, message: str | None = None, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = max(1, retry_after)
+
+
+class UpstreamFailed(ApiError):
+    """A direct call (chat, speech) failed upstream; nothing was charged. ``code`` is the upstream
+    error's (``upstream_error``, ``timeout``, ``content_policy``); ``status`` follows from it."""
+
+    status, code, default_message = 502, "upstream_error", "the model's upstream failed"
+
+    def __init__(self, message: str | None = None, *, code: str = "upstream_error", status: int = 502) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
 
 
 class ModelUnavailable(ApiError):

@@ -279,6 +279,22 @@ def test_playground_shows_price_progress_and_image(base_url: str, user: Person) 
     shot(page, "model-page-playground")
 
 
+def test_chat_playground_streams_and_shows_tokens_and_credits(base_url: str, admin: Person, user: Person) -> None:
+    admin_grants(admin, base_url, "maker@example.com", 5, "chat playground")
+    page = user.page
+    page.goto(f"{base_url}/models/local-echo")
+    expect(page.locator("[data-testid=model-live]")).to_be_visible()
+    expect(page.locator("[data-testid=context-window]")).to_contain_text("32768")
+    expect(page.locator("[data-testid=sdk-example]")).to_contain_text("from openai import OpenAI")
+    page.fill("#chat-playground textarea[name=message]", "Hello from a real browser")
+    page.click("#chat-playground button[type=submit]")
+    answer = page.locator("#chat-log .chat-msg.assistant .chat-text")
+    expect(answer).to_have_text("Hello from a real browser", timeout=WAIT_MS)
+    expect(page.locator("[data-testid=chat-status]")).to_contain_text("output tokens", timeout=WAIT_MS)
+    expect(page.locator("[data-testid=chat-status]")).to_contain_text("credits")
+    shot(page, "chat-playground")
+
+
 def test_non_admin_gets_403_on_admin_pages(base_url: str, user: Person) -> None:
     for path in ("/admin", "/admin/users", "/admin/models", "/admin/nodes"):
         response = user.page.goto(f"{base_url}{path}")

@@ -23,7 +23,33 @@ def test_builtin_models_and_prices(builtin: Catalog) -> None:
     typeset = builtin.models["local-typeset"]
     assert (typeset.provider, typeset.pricing) == ("local-typeset", {"medium": 1, "high": 2})
     assert "not an ai model" in typeset.text("description", "en").lower()
-    assert [m.id for m in builtin.launched()] == ["gpt-image-1.5-official", "local-typeset"]
+    launched = [m.id for m in builtin.launched()]
+    assert launched[:2] == ["gpt-image-1.5-official", "local-typeset"]
+    assert {"local-echo", "gpt-4o", "gpt-4.1-mini", "claude-sonnet-4-5", "gemini-2.5-flash"} <= set(launched)
+
+
+@pytest.mark.parametrize(("model_id", "provider", "key_env", "prices", "window", "max_out"), [
+    ("gpt-4o", "openai", "OPENAI_API_KEY", (250, 1000, 125), 128000, 16384),
+    ("gpt-4.1-mini", "openai", "OPENAI_API_KEY", (40, 160, 10), 1047576, 32768),
+    ("claude-sonnet-4-5", "anthropic", "ANTHROPIC_API_KEY", (300, 1500, 30), 200000, 64000),
+    ("gemini-2.5-flash", "gemini", "GEMINI_API_KEY", (30, 250, 3), 1048576, 65536),
+])
+def test_builtin_chat_models(builtin: Catalog, model_id: str, provider: str, key_env: str,
+                             prices: tuple[int, int, int], window: int, max_out: int) -> None:
+    spec = builtin.models[model_id]
+    assert spec.type == "chat"
+    [route] = spec.effective_routes()
+    assert (route.provider, route.api_key_env) == (provider, key_env)
+    assert (spec.pricing["input_per_mtok"], spec.pricing["output_per_mtok"],
+            spec.pricing["cached_input_per_mtok"]) == prices
+    assert (spec.context_window, spec.max_output_tokens) == (window, max_out)
+
+
+def test_local_echo_is_labelled_and_needs_no_key(builtin: Catalog) -> None:
+    echo = builtin.models["local-echo"]
+    assert echo.type == "chat" and "not an ai model" in echo.text("description", "en").lower()
+    [route] = echo.effective_routes()
+    assert route.provider == "local-echo" and route.api_key_env is None
 
 
 @pytest.mark.parametrize("name", ["gpt-image-1.5-official", "gpt-image-1-5", "gpt-image-1.5", "GPT-Image-1-5",
@@ -67,7 +93,8 @@ api_key_env = "HOUSE_KEY"
     house = catalog.resolve("house")
     assert house is not None and house.id == "house-model" and house.api_key_env == "HOUSE_KEY"
     assert house.launched and house.enabled
-    assert {m.id for m in catalog.launched()} == {"gpt-image-1.5-official", "local-typeset", "house-model"}
+    assert {m.id for m in catalog.launched() if m.type == "image"} == {"gpt-image-1.5-official", "local-typeset",
+                                                                 "house-model"}
     assert KIND.parameters_schema(house)["properties"]["quality"]["enum"] == ["medium"]
 
 
@@ -81,7 +108,7 @@ launched = false
 id = "local-typeset"
 enabled = false
 """))
-    assert catalog.launched() == []
+    assert [m for m in catalog.launched() if m.type == "image"] == []
     assert catalog.resolve("gpt-image-1-5") is not None, "lookups still see it; the service refuses it"
 
 
@@ -120,5 +147,5 @@ def test_public_model_object(builtin: Catalog) -> None:
 def test_admin_overrides_make_a_copy(builtin: Catalog) -> None:
     changed = builtin.with_overrides({"local-typeset": {"pricing": {"medium": 5, "high": 9}, "enabled": False}})
     assert changed.models["local-typeset"].pricing == {"medium": 5, "high": 9}
-    assert [m.id for m in changed.launched()] == ["gpt-image-1.5-official"]
+    assert [m.id for m in changed.launched() if m.type == "image"] == ["gpt-image-1.5-official"]
     assert builtin.models["local-typeset"].pricing == {"medium": 1, "high": 2}

@@ -3,6 +3,7 @@ first by id (a time-ordered ``req_`` ULID, so the id is the cursor) and summed f
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from sqlalchemy import case, func, insert, select
@@ -10,7 +11,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from apiinone.db import tables as t
-from apiinone.domain.usage import DAY_MS, RequestLogEntry, UsageRow
+from apiinone.domain.usage import DAY_MS, RequestLogEntry, RequestRecord, UsageRow
 
 _R = t.request_log.c
 _INSERT = insert(t.request_log)
@@ -19,10 +20,10 @@ _INSERT = insert(t.request_log)
 def _entry_from_row(r: RowMapping) -> RequestLogEntry:
     return RequestLogEntry(
         id=r["id"], account_id=r["account_id"], api_key_id=r["api_key_id"], key_prefix=r["key_prefix"],
-        type=r["type"], model=r["model"], route=r["route"], status=r["status"],
-        http_status=int(r["http_status"]), credits=int(r["credits"]), input_tokens=r["input_tokens"],
-        output_tokens=r["output_tokens"], latency_ms=r["latency_ms"], ttft_ms=r["ttft_ms"],
-        task_id=r["task_id"], created_at=int(r["created_at"]),
+        credits=int(r["credits"]), created_at=int(r["created_at"]),
+        record=RequestRecord(type=r["type"], model=r["model"], status=r["status"], http_status=int(r["http_status"]),
+                             route=r["route"], input_tokens=r["input_tokens"], output_tokens=r["output_tokens"],
+                             latency_ms=r["latency_ms"], ttft_ms=r["ttft_ms"], task_id=r["task_id"]),
     )
 
 
@@ -33,11 +34,8 @@ class RequestLogRepository:
     async def add(self, entry: RequestLogEntry) -> None:
         await self.conn.execute(_INSERT, {
             "id": entry.id, "account_id": entry.account_id, "api_key_id": entry.api_key_id,
-            "key_prefix": entry.key_prefix, "type": entry.type, "model": entry.model, "route": entry.route,
-            "status": entry.status, "http_status": entry.http_status, "credits": entry.credits,
-            "input_tokens": entry.input_tokens, "output_tokens": entry.output_tokens,
-            "latency_ms": entry.latency_ms, "ttft_ms": entry.ttft_ms, "task_id": entry.task_id,
-            "created_at": entry.created_at,
+            "key_prefix": entry.key_prefix, "credits": entry.credits, "created_at": entry.created_at,
+            **dataclasses.asdict(entry.record),
         })
 
     async def usage(self, account_id: str, *, start_ms: int, end_ms: int, group_by: str) -> list[UsageRow]:

@@ -15,18 +15,14 @@ USAGE_GROUPS = ("day", "model", "key")
 DAY_MS = 86_400_000
 
 
-@dataclass(frozen=True, slots=True)
-class RequestLogEntry:
-    id: str
-    account_id: str
+@dataclass(frozen=True)
+class RequestRecord:
+    """What the caller knows about a finished request; money and identity come from its hold."""
+
     type: str
     model: str
-    status: str
+    status: str  # succeeded | failed | canceled
     http_status: int
-    credits: int
-    created_at: int
-    api_key_id: str | None = None
-    key_prefix: str | None = None
     route: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
@@ -34,13 +30,26 @@ class RequestLogEntry:
     ttft_ms: int | None = None
     task_id: str | None = None
 
+
+@dataclass(frozen=True, slots=True)
+class RequestLogEntry:
+    """One row of the request log: whose request it was, what it cost (µcr), and its record."""
+
+    id: str
+    account_id: str
+    api_key_id: str | None
+    key_prefix: str | None
+    credits: int
+    created_at: int
+    record: RequestRecord
+
     def to_public(self) -> dict[str, Any]:
+        r = self.record
         return {
-            "id": self.id, "type": self.type, "model": self.model, "status": self.status,
-            "http_status": self.http_status, "credits": format_credits(self.credits),
-            "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-            "latency_ms": self.latency_ms, "ttft_ms": self.ttft_ms, "key_prefix": self.key_prefix,
-            "task_id": self.task_id, "created_at": iso(self.created_at),
+            "id": self.id, "type": r.type, "model": r.model, "status": r.status, "http_status": r.http_status,
+            "credits": format_credits(self.credits), "input_tokens": r.input_tokens,
+            "output_tokens": r.output_tokens, "latency_ms": r.latency_ms, "ttft_ms": r.ttft_ms,
+            "key_prefix": self.key_prefix, "task_id": r.task_id, "created_at": iso(self.created_at),
         }
 
 

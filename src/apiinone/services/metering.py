@@ -19,31 +19,17 @@ budget counts the hold against it at once and gets back whatever is released.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from apiinone.db.database import Database
 from apiinone.db.uow import SqlUnitOfWork
 from apiinone.domain.accounts import Account, ApiKey
 from apiinone.domain.credits import LedgerKind, format_credits_text
-from apiinone.domain.usage import REQUEST_STATUSES, RequestLogEntry
+from apiinone.domain.usage import REQUEST_STATUSES, RequestLogEntry, RequestRecord
 from apiinone.errors import InsufficientCredits
 from apiinone.ids import new_id, now_ms
 
-
-@dataclass(frozen=True)
-class RequestRecord:
-    """What the caller knows about a finished request; money and identity come from the hold."""
-
-    type: str
-    model: str
-    status: str  # succeeded | failed | canceled
-    http_status: int
-    route: str | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    latency_ms: int | None = None
-    ttft_ms: int | None = None
-    task_id: str | None = None
+__all__ = ["DirectHold", "Metering", "RequestRecord"]
 
 
 @dataclass(frozen=True)
@@ -118,16 +104,10 @@ class Metering:
         now = at if at is not None else now_ms()
         if key_prefix is None and api_key_id is not None:
             key_prefix = await uow.api_keys.prefix_of(api_key_id)
-        latency = record.latency_ms
-        if latency is None and started_at_ms is not None:
-            latency = max(0, now - started_at_ms)
-        entry = RequestLogEntry(
-            id=request_id or new_id("req", now), account_id=account_id, api_key_id=api_key_id,
-            key_prefix=key_prefix, type=record.type, model=record.model, route=record.route,
-            status=record.status, http_status=record.http_status, credits=credits,
-            input_tokens=record.input_tokens, output_tokens=record.output_tokens, latency_ms=latency,
-            ttft_ms=record.ttft_ms, task_id=record.task_id, created_at=now,
-        )
+        if record.latency_ms is None and started_at_ms is not None:
+            record = replace(record, latency_ms=max(0, now - started_at_ms))
+        entry = RequestLogEntry(id=request_id or new_id("req", now), account_id=account_id, api_key_id=api_key_id,
+                                key_prefix=key_prefix, credits=credits, created_at=now, record=record)
         await uow.requests.add(entry)
         return entry.id
 

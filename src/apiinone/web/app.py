@@ -60,10 +60,13 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
     app.include_router(deliveries.router)
     app.include_router(admin_api.router)
     app.include_router(reference.router)
-    from apiinone.web.routes import events, openai_compat
+    from apiinone.web.routes import chat, events, openai_compat
 
     app.include_router(events.router)
+    app.include_router(chat.openai_router)  # before openai_compat: its routes are more general
     app.include_router(openai_compat.router)
+    app.include_router(chat.router)
+    app.include_router(chat.console_router)
 
     from apiinone.web.routes import pages
 

@@ -512,6 +512,16 @@ async def model_page(request: Request, model_id: str) -> Response:
     if page.account is not None:
         async with container.db.uow(write=False) as uow:
             credits = await uow.accounts.credits(page.account.id)
+    if spec.type == "chat":
+        from apiinone.web.routes.chat_pages import chat_page_context
+
+        return render(page, "models/chat.html", section="models", spec=spec, available=available,
+                      description=spec.text("description", page.lang) or "",
+                      capabilities=spec.text("capabilities", page.lang) or [],
+                      faq=[{"q": _lang_text(f.get("q", {}), page.lang), "a": _lang_text(f.get("a", {}), page.lang)}
+                           for f in spec.faq],
+                      same_endpoint=same_endpoint, credits=credits,
+                      **chat_page_context(spec, base_url_of(request)))
     base_price = min(spec.pricing.values())
     return render(page, "models/detail.html", section="models", spec=spec,
                   available=available,
