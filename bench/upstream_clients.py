@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import REALISTIC_PNG_BYTES, fake_config, http_request, start_fake  # noqa: E402
+from run import REALISTIC_PNG_BYTES, fake_config, http_request, start_fake
 
 BODY = orjson.dumps({"model": "gpt-image-1.5", "prompt": "a lighthouse", "size": "1024x1024", "quality": "medium"})
 HEADERS = {"Authorization": "Bearer sk-bench-fake", "Content-Type": "application/json"}
@@ -123,7 +123,7 @@ def main() -> int:
                     print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
         fake.stop()
-    print(f"\n| payload | client | requests/s | client CPU per request |\n|---|---|---:|---:|")
+    print("\n| payload | client | requests/s | client CPU per request |\n|---|---|---:|---:|")
     for label in ("small PNG", "~1.6 MB PNG"):
         for name in CLIENTS:
             rows = [r for r in results if r["payload"] == label and r["client"] == name]

@@ -1,9 +1,11 @@
 """OpenAI's Images API under ``/v1``, so existing code and the official ``openai`` SDK work with
 ``base_url="http://host/v1"`` and an ``aio_`` key.
 
-Nothing here bypasses the task pipeline: a request becomes an image task (same keys, same credit
-hold, same queue and workers as ``/api/v1``) and the route waits for it to end — on a signal,
-holding no database connection — then answers synchronously in OpenAI's shapes.
+A request is still an image task (same keys, same credit hold, same task record and request log as
+``/api/v1``), but it skips the queue: the hold inserts the task ``running`` under a lease of this
+process, which calls the upstream through the route pool itself (``services/direct.py``), writes the
+answer while the images are stored, and commits the charge (group-committed with other requests'
+finishes) before the answer's last byte. Idempotent replays wait for the first request's task.
 
 Field mapping:
 
@@ -18,8 +20,8 @@ Errors use OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``
 the SDK maps to its exception classes. Out of credits is 429 ``insufficient_quota``, exactly as
 OpenAI answers it, with ``x-should-retry: false`` so the SDK does not retry it.
 
-A client that disconnects before its image is ready has its task canceled (nothing is charged),
-unless it sent an ``Idempotency-Key``: that says it will retry and collect the same result.
+A client that disconnects before its answer has its task canceled (nothing is charged), unless it
+sent an ``Idempotency-Key``: that says it will retry and collect the same result.
 """
 
 from __future__ import annotations
