@@ -64,6 +64,9 @@ def main() -> int:
                 server = start_server(env, workdir, f"serve-{n}", ["--workers", str(n)] if n > 1 else [])
                 try:
                     time.sleep(1.0)
+                    # warm every process (imports, the upstream session, database connections) unrecorded
+                    wrk(server.port, "/v1/images/generations", server_pid=server.pid, auth=auth_of(key),
+                        **{**common, "seconds": 2.0})
                     print(f"[scaling] {n} process(es): upstream direct, then apiinone", file=sys.stderr, flush=True)
                     direct = wrk(fake.port, "/v1/images/generations", server_pid=fake.pid,
                                  auth="Bearer sk-bench-fake", **common)

@@ -57,6 +57,7 @@ async def test_one_task_one_log_row_stored_then_charged(server: LiveServer, fake
     assert fake.received == 1
     [logged] = await _requests(caller)
     assert (logged["task_id"], logged["status"], logged["http_status"]) == (task_id, "succeeded", 200)
+    assert logged["key_prefix"] and caller.key.startswith(logged["key_prefix"])
     credits = await _credits(caller)
     assert credits["held"] == 0 and credits["balance"] == 100 - task["credits"]["charged"]
     assert len((await caller.get("/api/v1/tasks")).json()["data"]) == 1

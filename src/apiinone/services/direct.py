@@ -37,6 +37,7 @@ class _Finish:
     error: dict[str, str] | None
     route: str | None
     http_status: int
+    key_prefix: str | None
     done: asyncio.Future[Task | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -49,6 +50,7 @@ class DirectTasks:
         self.renew_s = max(0.2, lease_s / 3)
         self._tokens: dict[str, str] = {}
         """Lease token of each direct task this process is running."""
+        self._key_prefixes: dict[str, str | None] = {}
         self._pending: list[_Finish] = []
         self._writer: asyncio.Task[None] | None = None
         self.transactions = 0
@@ -61,16 +63,18 @@ class DirectTasks:
     def lease(self) -> DirectLease:
         return DirectLease(node=self.node, token=new_id("lease"), expires_at=now_ms() + self.lease_ms)
 
-    def started(self, task: Task) -> None:
-        """The task's hold committed: keep its lease alive until it ends."""
+    def started(self, task: Task, key_prefix: str | None = None) -> None:
+        """The task's hold committed: keep its lease alive until it ends. ``key_prefix`` goes on the
+        request-log row (the caller knows it; the finish need not look it up)."""
         self._tokens[task.id] = task.lease_token or ""
+        self._key_prefixes[task.id] = key_prefix
 
     async def finish(self, task: Task, status: TaskStatus, *, output: dict[str, Any] | None = None,
                      error: dict[str, str] | None = None, route: str | None = None,
                      http_status: int) -> Task | None:
         """End the task (capture on success, release otherwise) in the next group commit. None if
         it had already ended (canceled through the task API, or swept after its lease ran out)."""
-        op = _Finish(task, status, output, error, route, http_status)
+        op = _Finish(task, status, output, error, route, http_status, self._key_prefixes.get(task.id))
         self._pending.append(op)
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_pending(), name="direct-finish")
@@ -78,6 +82,7 @@ class DirectTasks:
             return await asyncio.shield(op.done)  # a canceled request still ends its task
         finally:
             self._tokens.pop(task.id, None)  # ended, or failed to: either way its lease may run out
+            self._key_prefixes.pop(task.id, None)
 
     async def _write_pending(self) -> None:
         try:
@@ -107,7 +112,8 @@ class DirectTasks:
     async def _write(self, batch: list[_Finish]) -> list[Task | None]:
         async with self.db.uow() as uow:
             finished = [await self.tasks.finish_in(uow, op.task, op.status, output=op.output, error=op.error,
-                                                   route=op.route, http_status=op.http_status) for op in batch]
+                                                   route=op.route, http_status=op.http_status,
+                                                   key_prefix=op.key_prefix) for op in batch]
             await uow.commit()
         self.transactions += 1
         return finished

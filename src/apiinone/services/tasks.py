@@ -269,18 +269,19 @@ class TaskService:
         return finished
 
     async def finish_in(self, uow: SqlUnitOfWork, task: Task, status: TaskStatus, *, output: dict[str, Any] | None,
-                        error: dict[str, str] | None, route: str | None, http_status: int) -> Task | None:
+                        error: dict[str, str] | None, route: str | None, http_status: int,
+                        key_prefix: str | None = None) -> Task | None:
         """End a direct task inside the caller's transaction (its group commit): the same
         compare-and-set on the lease, money movement, request-log row and events as any finish."""
         return await self._finish(uow, task, status, from_statuses=(TaskStatus.RUNNING,),
                                   lease_token=task.lease_token, output=output, error=error, route=route,
-                                  http_status=http_status, direct=True)
+                                  http_status=http_status, direct=True, key_prefix=key_prefix)
 
     async def _finish(self, uow: SqlUnitOfWork, task: Task, status: TaskStatus, *,
                       from_statuses: Sequence[TaskStatus] | frozenset[TaskStatus],
                       lease_token: str | None = None, output: dict[str, Any] | None = None,
                       error: dict[str, str] | None = None, route: str | None = None,
-                      http_status: int = 202, direct: bool = False) -> Task | None:
+                      http_status: int = 202, direct: bool = False, key_prefix: str | None = None) -> Task | None:
         now = now_ms()
         charged = task.price if status is TaskStatus.SUCCEEDED else 0
         if not await uow.tasks.finish(task.id, status=status, from_statuses=list(from_statuses),
@@ -303,7 +304,7 @@ class TaskService:
         # a queued create was answered 202 with the task; latency runs from then to the end
         await self.metering.record(
             uow, account_id=task.account_id, api_key_id=task.api_key_id, credits=charged, at=now,
-            record=RequestRecord(type=finished.type, model=finished.model, status=status.value,
+            key_prefix=key_prefix, record=RequestRecord(type=finished.type, model=finished.model, status=status.value,
                                  http_status=http_status, route=finished.route,
                                  latency_ms=max(0, now - finished.created_at), task_id=task.id))
         await uow.notify(TASK_EVENTS_CHANNEL, f"{status.value} {task.id}")  # waiters in other processes

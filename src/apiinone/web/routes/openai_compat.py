@@ -281,7 +281,7 @@ async def create_images(request: Request) -> Response:
     result = await _create(container, key, account, params, claim)
     if result.replayed:
         return await _respond(request, container, account, params, claim, result)
-    return await _run_direct(request, container, params, claim, result.task)
+    return await _run_direct(request, container, params, claim, result.task, key.prefix)
 
 
 @router.post("/images/edits", summary="Edit images (OpenAI Images API, multipart, synchronous)")
@@ -319,7 +319,7 @@ async def edit_images(request: Request) -> Response:
     if result.replayed:  # the first request's task references its own copies of these uploads
         await _discard(container, stored)
         return await _respond(request, container, account, params, claim, result)
-    return await _run_direct(request, container, params, claim, result.task)
+    return await _run_direct(request, container, params, claim, result.task, key.prefix)
 
 
 @router.get("/models", summary="Models this key can call (OpenAI list shape)")
@@ -354,14 +354,14 @@ async def _create(container: Container, key: ApiKey, account: Account, params: I
 
 
 async def _run_direct(request: Request, container: Container, params: ImageParams,
-                      claim: IdempotencyClaim | None, task: Task) -> Response:
+                      claim: IdempotencyClaim | None, task: Task, key_prefix: str | None) -> Response:
     """Run the held task here: upstream call (route pool, failover), answer, then end the task.
 
     A client that goes away before its answer has the call canceled and nothing charged, unless it
     sent an Idempotency-Key (its retry collects the result). The images are stored while the answer
     is written; the task is captured only once both are done, and released if the answer could not
     be written."""
-    container.direct.started(task)
+    container.direct.started(task, key_prefix)
     headers = {"X-Task-Id": task.id}
     spec = container.catalog.resolve(task.model)
     if spec is None:  # the catalog changed between the hold and here
