@@ -5,6 +5,7 @@
 --   BENCH_AUTH        value of the Authorization header, if any
 --   BENCH_BODY_FILE   file whose bytes are the request body (sent as application/json)
 --   BENCH_PATHS_FILE  file of request paths, one a line, used round robin (e.g. /api/v1/tasks/{id})
+--   BENCH_HEADER      one more header, "Name: value" (e.g. anthropic-version: 2023-06-01)
 --
 -- done() prints one line, "BENCH_RESULT {json}", that bench/run.py parses.
 
@@ -12,6 +13,7 @@ local method = os.getenv("BENCH_METHOD") or "GET"
 local auth = os.getenv("BENCH_AUTH")
 local body_file = os.getenv("BENCH_BODY_FILE")
 local paths_file = os.getenv("BENCH_PATHS_FILE")
+local extra_header = os.getenv("BENCH_HEADER")
 
 local threads = {}
 
@@ -32,6 +34,10 @@ function init(args)
   first_bad = ""
   local headers = {}
   if auth then headers["Authorization"] = auth end
+  if extra_header then
+    local name, value = extra_header:match("^([^:]+):%s*(.*)$")
+    if name then headers[name] = value end
+  end
   local body = nil
   if body_file then
     body = read_all(body_file)

@@ -3,7 +3,7 @@
 #   scripts/bench.sh                 # SQLite, 10 s per load
 #   scripts/bench.sh --postgres      # a fresh PostgreSQL database (scripts/services.sh starts the server)
 #   scripts/bench.sh --short         # the 1 s version CI runs
-# Any other argument is passed to bench/run.py (see --help there).
+# Any other argument is passed to bench/run.py (see --help there); bench/remote_jobs.py follows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -18,4 +18,11 @@ fi
 for arg in "$@"; do
   if [ "$arg" = "--postgres" ]; then scripts/services.sh; fi
 done
-exec .venv/bin/python bench/run.py "$@"
+.venv/bin/python bench/run.py "$@"
+# how many upstream jobs one worker follows at once (remote jobs against the fal fake)
+jobs_args=(-n 2000 --window 20)
+for arg in "$@"; do
+  if [ "$arg" = "--short" ]; then jobs_args=(-n 50 --window 2); fi
+  if [ "$arg" = "--postgres" ]; then jobs_args+=(--db postgres); fi
+done
+exec .venv/bin/python -m bench.remote_jobs "${jobs_args[@]}"

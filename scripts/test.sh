@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to every check: install, start PostgreSQL/Redis if down,
-# install Chromium for the browser tests if missing, then ruff, mypy --strict and pytest.
+# install Chromium, wrk and openssl for the browser, benchmark and TLS tests if missing, then ruff, mypy
+# --strict and pytest. With CI=true a part of the suite that cannot run fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh dev
@@ -13,11 +14,14 @@ missing() {
   [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] ||
     why fonts-wqy-microhei "CJK font: Chinese prompts drawn by local-typeset and the zh-CN console pages in Chromium"
   command -v wrk >/dev/null 2>&1 || why wrk "HTTP load generator for the benchmark smoke test (tests/e2e/test_bench_smoke.py)"
+  command -v espeak-ng >/dev/null 2>&1 ||
+    why espeak-ng "speech synthesizer behind the offline local-speech model (tests/integration/test_speech.py, the README's speech example)"
+  command -v openssl >/dev/null 2>&1 || why openssl "certificates for the egress TLS test (tests/integration/test_egress_transport.py)"
 }
 echo "== Debian packages the tests need" >&2
 missing
 if [ -z "$need" ]; then
-  echo "  all present (chromium, fonts-wqy-microhei, wrk)" >&2
+  echo "  all present (chromium, fonts-wqy-microhei, wrk, espeak-ng, openssl)" >&2
 elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing with apt-get:$need" >&2
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null) || true

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -16,6 +17,22 @@ import pytest
 from apiinone.config import Settings
 from apiinone.db.migrate import upgrade
 from apiinone.web.app import container_from, create_app
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require(available: bool, what: str, *, allow_module_level: bool = False) -> None:
+    """A part of the suite that cannot run here fails when ``CI=true`` and is skipped, loudly, only
+    outside CI (a developer's machine without chromium, wrk or openssl)."""
+    if available:
+        return
+    if in_ci():
+        pytest.fail(f"{what}: this part of the suite must run in CI (scripts/test.sh installs it)", pytrace=False)
+    print(f"\n*** SKIPPED (outside CI only): {what} ***", file=sys.stderr)
+    pytest.skip(f"outside CI only: {what}", allow_module_level=allow_module_level)
+
 
 PG_ADMIN_DSN = os.environ.get("APIINONE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 

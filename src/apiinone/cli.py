@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from apiinone.config import Settings
+from apiinone.config import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from apiinone.bootstrap import Container
@@ -28,10 +28,10 @@ T = TypeVar("T")
 
 def _settings(**overrides: object) -> Settings:
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    except ValueError as exc:
+        return load_settings(**overrides)
+    except SettingsError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(2) from None
 
 
 def _migrate_embedded(settings: Settings) -> None:
@@ -194,7 +194,7 @@ def worker(
                 spec = container.catalog.resolve(name.strip())
                 if spec is None:
                     raise typer.BadParameter(f"unknown model {name!r}")
-                if limit and not limit.strip().isdigit():
+                if limit and not (limit.strip().isascii() and limit.strip().isdigit()):
                     raise typer.BadParameter(f"--models {entry!r}: the limit after '=' must be a whole number")
                 model_ids.append(spec.id)
                 if limit:
@@ -323,6 +323,32 @@ def grant(email: str, credits: str, note: Annotated[str | None, typer.Option(hel
     except Exception as exc:
         raise _fail(exc) from exc
     typer.echo(f"granted {format_credits_text(amount)} credits to {email}; available now {available}", err=True)
+
+
+@admin_app.command("purge-requests")
+def purge_requests(
+    days: Annotated[int | None, typer.Option(min=1, help="Keep this many days (default: "
+                                             "APIINONE_REQUEST_LOG_RETENTION_DAYS).")] = None,
+) -> None:
+    """Delete request-log records older than the retention period, in batches (ledger entries stay)."""
+    settings = _settings()
+    retention = days or settings.request_log_retention_days
+    if retention is None:
+        typer.echo("error: give --days or set APIINONE_REQUEST_LOG_RETENTION_DAYS", err=True)
+        raise typer.Exit(1)
+    _migrate_embedded(settings)
+
+    async def body(container: Container) -> int:
+        from apiinone.services.usage import UsageService
+
+        return await UsageService(container.db, container.catalog_source).purge(retention)
+
+    try:
+        removed = _run_with_container(settings, body)
+    except Exception as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"deleted {removed} request records older than {retention} days", err=True)
+    sys.stdout.write(f"{removed}\n")
 
 
 def main() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from apiinone.domain.webhooks import DEFAULT_RETRY_SCHEDULE_S
 
@@ -59,6 +61,14 @@ class Settings(BaseSettings):
     worker_concurrency: int = 8
     worker_poll_s: float = 1.0
     node_name: str | None = None
+    # Remote jobs (video, audio): how one worker follows jobs that run upstream.
+    remote_job_concurrency: int = Field(default=256, ge=1)
+    remote_job_lease_s: float = Field(default=120.0, gt=0)
+    remote_job_poll_s: float = Field(default=1.0, gt=0)
+    remote_job_min_interval_s: float = Field(default=1.0, ge=0)
+    remote_job_max_interval_s: float = Field(default=30.0, gt=0)
+    remote_job_timeout_s: float = Field(default=6 * 3600.0, gt=0)
+    remote_result_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     # Cluster-wide cap on running tasks per model (JSON object of model id -> count), for upstreams
     # whose rate limit all nodes share, e.g. APIINONE_MODEL_CONCURRENCY='{"gpt-image-1.5-official": 16}'.
     model_concurrency: dict[str, int] = Field(default_factory=dict)
@@ -87,8 +97,17 @@ class Settings(BaseSettings):
     # Console: credit packs sold by order ("500,2000,10000" credits at 1 credit = USD 0.01), login
     # throttle (failed logins per email in 15 minutes; 3x that per client address), session lifetime.
     credit_packs: str = "500,2000,10000"
+    signup: Literal["open", "closed"] = "open"  # closed: accounts come from admins and the CLI
     login_max_failures: int = 10
     session_ttl_days: int = 30
+    # Request log retention: `apiinone admin purge-requests` deletes older records (unset: keep all).
+    request_log_retention_days: int | None = Field(default=None, ge=1)
+    # OpenTelemetry traces, off unless an OTLP endpoint is set (needs the `otel` extra installed).
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT", "APIINONE_OTEL_EXPORTER_OTLP_ENDPOINT"))
+    otel_service_name: str = Field(default="apiinone",
+                                   validation_alias=AliasChoices("OTEL_SERVICE_NAME", "APIINONE_OTEL_SERVICE_NAME"))
     log_level: str = "INFO"
     log_json: bool = True
     db_pool_size: int = 10
@@ -129,3 +148,44 @@ class Settings(BaseSettings):
         path.write_text(value)
         path.chmod(0o600)
         return value
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used. The message names each setting and the rule it breaks, never
+    its value: values can be secrets (pydantic's own messages quote the input)."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment (and ``overrides``), or :class:`SettingsError` with a message
+    that is safe to print and log."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = [f"{_setting_name(error['loc'])}: {_rule_of(error)}" for error in exc.errors(include_url=False,
+                                                                                              include_input=False)]
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+    except PydanticSettingsError as exc:  # a JSON setting that does not parse; its message names the field
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = _setting_name((match.group(1),)) if match else "a JSON setting"
+        raise SettingsError(f"invalid settings: {name}: is not valid JSON") from None
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "settings"
+    name = str(loc[0])
+    field = Settings.model_fields.get(name)
+    alias = field.validation_alias if field is not None else None
+    if isinstance(alias, AliasChoices):
+        env = str(alias.choices[0])
+    elif isinstance(alias, str):
+        env = alias
+    else:
+        env = f"APIINONE_{name.upper()}"
+    return env + "".join(f"[{part!r}]" if isinstance(part, str) else f"[{part}]" for part in loc[1:])
+
+
+def _rule_of(error: Any) -> str:
+    """pydantic's message without anything taken from the input (our validators' messages are ours)."""
+    message = str(error.get("msg", "is not valid")).removeprefix("Value error, ")
+    return message if error.get("type") not in ("json_invalid",) else "is not valid JSON"

@@ -12,6 +12,8 @@ ApiError
 ├── PayloadTooLarge (413 payload_too_large)
 ├── RateLimited (429 rate_limited, ``retry_after`` seconds)
 ├── UpstreamFailed (502 upstream_error / 504 timeout / 400 content_policy: a direct call's upstream failed)
+├── ContentRefused (400 content_policy: the upstream refused the content of a direct call)
+├── UpstreamTimedOut (504 timeout: a direct call's upstream did not answer in time)
 ├── ModelUnavailable (503 model_unavailable)
 ├── ServiceUnavailable (503 service_unavailable)
 └── InternalError (500 internal_error)
@@ -31,10 +33,8 @@ class ApiError(Exception):
         super().__init__(self.message)
 
     def to_body(self) -> dict[str, object]:
-        error: dict[str, object] = {"code": self.code, "message": self.message}
-        if self.param is not None:
-            error["param"] = self.param
-        return {"error": error}
+        """``param`` is always there (null when no single field is to blame), so clients can rely on it."""
+        return {"error": {"code": self.code, "message": self.message, "param": self.param}}
 
 
 class InvalidJson(ApiError):
@@ -104,6 +104,12 @@ class UpstreamFailed(ApiError):
         super().__init__(message)
         self.code = code
         self.status = status
+class ContentRefused(ApiError):
+    status, code, default_message = 400, "content_policy", "the upstream refused this content"
+
+
+class UpstreamTimedOut(ApiError):
+    status, code, default_message = 504, "timeout", "the model's upstream did not answer in time"
 
 
 class ModelUnavailable(ApiError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 
@@ -40,6 +41,19 @@ def ulid(now_ms: int | None = None) -> str:
 
 def new_id(prefix: str, now_ms: int | None = None) -> str:
     return f"{prefix}_{ulid(now_ms)}"
+
+
+_ULID = re.compile(f"[{_CROCKFORD}]{{26}}")
+
+
+def is_id(value: str, prefix: str) -> bool:
+    """Whether ``value`` has the shape of an id made by :func:`new_id` with ``prefix``."""
+    head, sep, tail = value.partition("_")
+    return bool(sep) and head == prefix and _ULID.fullmatch(tail) is not None
+
+
+def is_task_id(value: str) -> bool:
+    return is_id(value, "tsk")
 
 
 def now_ms() -> int:

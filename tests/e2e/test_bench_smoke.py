@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.e2e
@@ -21,8 +23,8 @@ LOAD_ROWS = ("create", "read")
 OPENAI_ROWS = ("openai", "openai_realistic")
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (scripts/bench.sh installs it)")
 def test_short_benchmark_reports_every_row(tmp_path: Path) -> None:
+    require(shutil.which("wrk") is not None, "wrk is not installed (scripts/bench.sh installs it)")
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--short", "--json", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
@@ -30,6 +32,8 @@ def test_short_benchmark_reports_every_row(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     rows = report["rows"]
     assert set(rows) >= {"startup", *LOAD_ROWS, *OPENAI_ROWS, "e2e", "chat", "chat_stream"}
+    skipped = [name for name, row in rows.items() if isinstance(row, dict) and row.get("status") == "skipped"]
+    assert not skipped, f"benchmark rows that did not run: {skipped}"
 
     for name in LOAD_ROWS:
         for side in ("apiinone", "upstream_direct"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -52,6 +52,10 @@ def private_pg() -> Iterator[ThrowawayPostgres]:
     pg.destroy()
 
 
+CLIENT_TIMEOUT_S = 15.0
+"""Three times the database connect timeout: a 503 must come from that timeout or sooner."""
+
+
 async def test_postgres_restart_under_load_fails_fast_and_recovers(tmp_path: Path, private_pg: ThrowawayPostgres,
                                                                    procs: list[Proc]) -> None:
     url = await private_pg.create_database("apiinone")
@@ -86,15 +90,20 @@ async def test_postgres_restart_under_load_fails_fast_and_recovers(tmp_path: Pat
                     slowest_503["s"] = max(slowest_503["s"], asyncio.get_running_loop().time() - started)
                     await asyncio.sleep(0.05)
 
-        headers = {"Authorization": f"Bearer {key}"}
-        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
-            senders = [asyncio.create_task(load(client)) for _ in range(4)]
-            while len(accepted) < 40:
+        async def until(done: Callable[[], bool], what: str, limit_s: float = 120) -> None:
+            deadline = asyncio.get_running_loop().time() + limit_s
+            while not done():
+                assert asyncio.get_running_loop().time() < deadline, f"{what}: {dict(outcomes)}"
                 await asyncio.sleep(0.1)
+
+        headers = {"Authorization": f"Bearer {key}"}
+        # A request that hangs instead of failing fast hits this client timeout and is counted as one.
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=CLIENT_TIMEOUT_S) as client:
+            senders = [asyncio.create_task(load(client)) for _ in range(4)]
+            await until(lambda: len(accepted) >= 40, "no tasks accepted before the outage")
             phase["name"] = "down"
             await asyncio.to_thread(private_pg.stop)
-            while outcomes["down:503"] < 20:
-                await asyncio.sleep(0.1)
+            await until(lambda: outcomes["down:503"] >= 20, "no 503s while PostgreSQL is down")
             await asyncio.to_thread(private_pg.start)
             phase["name"] = "after"
             deadline = asyncio.get_running_loop().time() + 120
@@ -106,6 +115,10 @@ async def test_postgres_restart_under_load_fails_fast_and_recovers(tmp_path: Pat
 
         assert outcomes["down:503"] >= 20 and outcomes["after:202"] >= 40, outcomes
         print(f"outcomes {dict(outcomes)}; slowest 503 {slowest_503['s'] * 1000:.0f} ms")
+        # Failing fast: no request waited for the client to give up, and none outlasted the database
+        # connect timeout (5 s, db/engine.py) by more than the client's patience allows.
+        assert not [o for o in outcomes if "Timeout" in o], outcomes
+        assert slowest_503["s"] < CLIENT_TIMEOUT_S, slowest_503
         deadline = asyncio.get_running_loop().time() + 300
         while True:
             audit = await audit_account(url, account_id)

@@ -130,6 +130,10 @@ def test_readme_quickstart_and_examples_run_as_pasted(fresh_clone: Path) -> None
     for image in ("logo.png", "openai-logo.png", "client-logo.png", "out.png"):
         assert (fresh_clone / image).read_bytes().startswith(PNG_MAGIC), image
     assert "saved openai-logo.png" in output and "saved to client-logo.png" in output
+    for speech in ("hello.wav", "openai-speech.wav"):  # real WAV from espeak-ng (local-speech)
+        data = (fresh_clone / speech).read_bytes()
+        assert data[:4] == b"RIFF" and data[8:12] == b"WAVE" and len(data) > 1000, speech
+    assert "200 audio/wav" in output and "saved openai-speech.wav" in output
 
     # "What it serves" names every model type and model the server lists.
     serves = section(text, "## What it serves", "<!-- end of the supported model types and upstreams -->")

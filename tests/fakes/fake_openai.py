@@ -1,4 +1,4 @@
-"""A protocol-faithful fake of OpenAI's Images API, served over real HTTP on loopback.
+"""A protocol-faithful fake of OpenAI's Images API (and its speech endpoint, :mod:`.openai_speech`), served over real HTTP on loopback.
 
 Tests and benchmarks need an upstream that behaves like OpenAI at the wire level (status codes,
 error bodies, multipart parsing, keep-alive) without the network or the bill, so this is a real
@@ -40,8 +40,13 @@ from PIL import Image
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+try:
+    from tests.fakes import openai_speech
+except ImportError:  # run as a script: this folder is on sys.path
+    import openai_speech  # type: ignore[no-redef]
 
 DEFAULT_API_KEY = "sk-test-fake-openai-key"
 REALISTIC_PNG_BYTES = 1_600_000
@@ -215,12 +220,19 @@ class RecordedRequest:
         return [f for f in self.files if f.field == name]
 
 
+FAULTS = ("status", "hang", "reset", "garbage", "bad_image")
+"""What a scripted failure does: answer ``status`` (OpenAI's error body), ``hang`` (accept, never
+answer), ``reset`` (a 200 whose body stops half way and the connection is dropped), ``garbage`` (a
+200 that is not JSON) or ``bad_image`` (a well-formed answer whose image is not an image)."""
+
+
 @dataclass(slots=True)
 class ScriptedFailure:
     status: int
     body: dict[str, Any] | None
     headers: dict[str, str]
     delay_s: float = 0.0
+    fault: str = "status"
 
 
 class FakeState:
@@ -479,6 +491,25 @@ def _success(state: FakeState, request: Request, p: _ImageParams, input_images: 
     return Response(body, media_type="application/json")
 
 
+async def _fault_response(fault: str) -> Response:
+    from starlette.responses import StreamingResponse
+
+    if fault == "hang":
+        await asyncio.Event().wait()  # until the client gives up and the server cancels us
+    if fault == "garbage":
+        return Response(b"<html><body>502 Bad Gateway</body></html>", 200, media_type="application/json")
+    if fault == "bad_image":
+        junk = base64.b64encode(b"this is not a PNG").decode()
+        return _json({"created": int(time.time()), "data": [{"b64_json": junk}]})
+
+    async def half_then_drop() -> Any:
+        yield b'{"created": 1, "data": [{"b64_json": "iVBORw0KGgo'
+        raise ConnectionResetError("fake upstream: connection reset mid-body")
+
+    return StreamingResponse(half_then_drop(), 200, media_type="application/json",
+                             headers={"content-length": "100000"})
+
+
 def build_app(state: FakeState) -> Starlette:
     """The ASGI app; ``state`` is shared with the controlling test or CLI."""
 
@@ -491,7 +522,9 @@ def build_app(state: FakeState) -> Starlette:
             delay = failure.delay_s if failure is not None else 0.0
             if state.latency_s or delay:
                 await asyncio.sleep(state.latency_s + delay)
-            if failure is not None:
+            if failure is not None and failure.fault != "status":
+                resp = await _fault_response(failure.fault)
+            elif failure is not None:
                 body = failure.body if failure.body is not None else default_error_body(failure.status)
                 resp = _json(body, failure.status, failure.headers)
             else:
@@ -579,6 +612,26 @@ def build_app(state: FakeState) -> Starlette:
 
         return await answer(request, rec, handle)
 
+    async def speech(request: Request) -> Response:
+        raw = await request.body()
+        rec = RecordedRequest("POST", request.url.path, dict(request.headers))
+        try:
+            payload = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            payload = None
+        rec.json = payload
+
+        async def handle() -> Response:
+            try:
+                accepted = openai_speech.validate_speech(payload)
+            except openai_speech.SpeechInvalid as exc:
+                raise _Invalid(exc.body) from None
+            audio = openai_speech.audio_for(accepted)
+            return StreamingResponse(openai_speech.chunked(audio),
+                                     media_type=openai_speech.CONTENT_TYPES[accepted["response_format"]])
+
+        return await answer(request, rec, handle)
+
     def _model_obj(model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": 1_700_000_000, "owned_by": "system"}
 
@@ -611,6 +664,7 @@ def build_app(state: FakeState) -> Starlette:
                 spec.get("body"),
                 dict(spec.get("headers") or {}),
                 float(spec.get("delay_s", 0.0)),
+                str(spec.get("fault", "status")),
             ),
             int(spec.get("count", 1)),
         )
@@ -687,6 +741,7 @@ def build_app(state: FakeState) -> Starlette:
     routes = [
         Route("/v1/images/generations", generations, methods=["POST"]),
         Route("/v1/images/edits", edits, methods=["POST"]),
+        Route("/v1/audio/speech", speech, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/_fake/fail_next", ctl_fail_next, methods=["POST"]),
@@ -858,6 +913,12 @@ class FakeOpenAI:
         if retry_after is not None:
             hdrs["retry-after"] = f"{retry_after:g}"
         self.state.push_failures(ScriptedFailure(status, body, hdrs, delay_s), count)
+
+    def fault_next(self, fault: str, count: int = 1) -> None:
+        """The next ``count`` image requests misbehave at the transport level: ``hang``, ``reset``,
+        ``garbage`` or ``bad_image`` (see ``FAULTS``)."""
+        assert fault in FAULTS, fault
+        self.state.push_failures(ScriptedFailure(200, None, {}, 0.0, fault), count)
 
     def fail_moderation(self, count: int = 1) -> None:
         self.fail_next(400, MODERATION_BLOCKED_BODY, count)

@@ -32,6 +32,7 @@ from apiinone.net.egress import (
     guarded_transport,
 )
 from apiinone.net.fetch import InputFetchError, fetch_input_image
+from tests.conftest import require
 
 STRICT = EgressPolicy()
 LOOPBACK = EgressPolicy.from_setting("127.0.0.0/8")
@@ -251,8 +252,7 @@ async def test_followed_redirect_to_closed_address_is_still_refused(server: Tiny
 
 @pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl command not available")
+    require(shutil.which("openssl") is not None, "the openssl command is not installed")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",

@@ -313,11 +313,12 @@ async def test_usage_by_day_uses_utc_days_and_the_range(queued_harness: AppHarne
     account = await queued_harness.container.accounts.get(caller.account_id)
     metering = queued_harness.container.metering
     hold = await metering.open_direct(account, None, 1 * M)
-    await metering.settle_direct(hold, 250_000, RequestRecord(type="chat", model="c", status="succeeded",
-                                                             http_status=200))
-    async with queued_harness.container.db.uow() as uow:  # move it to a known UTC day
-        await uow.conn.execute(update(t.request_log).where(t.request_log.c.id == hold.request_id)
-                               .values(created_at=1_795_564_799_999))  # 2026-11-24T23:59:59.999Z
+    async with queued_harness.container.db.uow() as uow:  # settled at a known UTC day's last moment
+        await metering.capture(uow, account_id=account.id, api_key_id=None, held=hold.amount, charged=250_000,
+                               request_id=hold.request_id)
+        await metering.record(uow, account_id=account.id, api_key_id=None, credits=250_000,
+                              record=RequestRecord(type="chat", model="c", status="succeeded", http_status=200),
+                              request_id=hold.request_id, at=1_795_564_799_999)  # 2026-11-24T23:59:59.999Z
         await uow.commit()
     r = await caller.get("/api/v1/account/usage", params={"from": "2026-11-24", "to": "2026-11-24"})
     assert r.json()["data"] == [{"group": "2026-11-24", "requests": 1, "succeeded": 1, "failed": 0,

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import text
 
 from apiinone.db.database import Database
 from apiinone.domain.accounts import Account
@@ -143,10 +144,42 @@ async def test_node_model_limits_and_served_models(db: Database) -> None:
     assert len(await lease(db, "a", models=[GPT], model_limits={GPT: 5}, cluster_caps={GPT: 2})) == 1
 
 
-async def test_a_leaser_waits_for_an_open_lease_transaction_of_a_capped_model(database_url: str) -> None:
+async def _wait_until_blocked(db: Database, started: list[object], leasing: asyncio.Task[object]) -> None:
+    """Return once the leaser is provably waiting on the other transaction: on PostgreSQL a backend
+    of this database waits on a lock; on SQLite its BEGIN IMMEDIATE started while the other write
+    transaction holds the only write lock. Fails (instead of passing without overlap) otherwise."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        assert not leasing.done(), "the second leaser finished without waiting for the first"
+        if db.is_sqlite:
+            if started:
+                return
+        else:
+            async with db.uow(write=False) as uow:
+                waiting = (await uow.conn.execute(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"))).scalar_one()
+            if waiting:
+                return
+        assert asyncio.get_running_loop().time() < deadline, "the second leaser never reached the queue"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_leaser_waits_for_an_open_lease_transaction_of_a_capped_model(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Node b leases while node a's lease of the same capped model is not committed yet: b must
     count a's tasks (it waits for a's transaction) instead of seeing free slots."""
+    from apiinone.db import engine as engine_module
+
+    begins: list[object] = []
+    original_begin = engine_module.begin_immediate
+
+    def recording_begin(raw: object, busy_timeout_ms: int) -> None:
+        begins.append(raw)
+        original_begin(raw, busy_timeout_ms)
+
     a_db, b_db = Database(database_url), Database(database_url)
+    observer = Database(database_url)
     try:
         account = await new_account(a_db)
         await enqueue(a_db, account, [GPT] * 10)
@@ -155,14 +188,16 @@ async def test_a_leaser_waits_for_an_open_lease_transaction_of_a_capped_model(da
         async with a_db.uow() as uow:
             first = await uow.queue.lease(node="a", token="a", limit=10, now=T0 + 100, lease_ms=LEASE_MS,
                                           max_attempts=3, cluster_caps=caps)
+            monkeypatch.setattr(engine_module, "begin_immediate", recording_begin)  # b's BEGINs only
             b_lease = asyncio.create_task(lease(b_db, "b", cluster_caps=caps))
-            await asyncio.sleep(0.5)
+            await _wait_until_blocked(observer, begins, b_lease)  # type: ignore[arg-type]
             await uow.commit()
         second = await b_lease
         assert (len(first), len(second)) == (3, 0)
     finally:
         await a_db.dispose()
         await b_db.dispose()
+        await observer.dispose()
 
 
 async def test_concurrent_leasers_never_overshoot_a_cap(database_url: str) -> None:

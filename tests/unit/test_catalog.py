@@ -15,6 +15,9 @@ def builtin() -> Catalog:
     return Catalog.load()
 
 
+MEDIA_MODELS = ("local-slideshow", "kling-2.1-standard", "wan-2.2-fast", "veo-3-fast", "minimax-music")
+
+
 def test_builtin_models_and_prices(builtin: Catalog) -> None:
     gpt = builtin.models["gpt-image-1.5-official"]
     assert (gpt.provider, gpt.upstream_model, gpt.type) == ("openai", "gpt-image-1.5", "image")
@@ -24,7 +27,18 @@ def test_builtin_models_and_prices(builtin: Catalog) -> None:
     assert (typeset.provider, typeset.pricing) == ("local-typeset", {"medium": 1, "high": 2})
     assert "not an ai model" in typeset.text("description", "en").lower()
     launched = [m.id for m in builtin.launched()]
-    assert launched[:2] == ["gpt-image-1.5-official", "local-typeset"]
+    assert [m.id for m in builtin.launched() if m.type == "image"] == ["gpt-image-1.5-official", "local-typeset"]
+    speech = builtin.models["local-speech"]
+    assert (speech.type, speech.provider, speech.pricing) == ("speech", "local-speech", {"per_mchar": 100})
+    assert "not an ai model" in speech.text("description", "en").lower() and "zh" in speech.voices
+    assert builtin.resolve("tts-1") is builtin.models["tts-1-official"]
+    slideshow = builtin.models["local-slideshow"]
+    assert (slideshow.type, slideshow.provider, slideshow.durations) == ("video", "local-slideshow", (2, 4))
+    assert slideshow.pricing == {"per_second": {"720p": 1}}
+    assert "not an ai model" in slideshow.text("description", "en").lower()
+    assert {m.api_key_env for m in builtin.models.values() if m.provider in ("fal", "replicate", "veo")} == {
+        "FAL_KEY", "REPLICATE_API_TOKEN", "GEMINI_API_KEY"}
+    assert set(MEDIA_MODELS) <= set(launched)
     assert {"local-echo", "gpt-4o", "gpt-4.1-mini", "claude-sonnet-4-5", "gemini-2.5-flash"} <= set(launched)
 
 
@@ -94,7 +108,7 @@ api_key_env = "HOUSE_KEY"
     assert house is not None and house.id == "house-model" and house.api_key_env == "HOUSE_KEY"
     assert house.launched and house.enabled
     assert {m.id for m in catalog.launched() if m.type == "image"} == {"gpt-image-1.5-official", "local-typeset",
-                                                                 "house-model"}
+                                                                     "house-model"}
     assert KIND.parameters_schema(house)["properties"]["quality"]["enum"] == ["medium"]
 
 

@@ -24,17 +24,29 @@ def test_pre_login_token_depends_on_cookie_and_secret() -> None:
     assert token != anonymous_csrf_token("secret-1", "cookie-b")
 
 
-def test_throttle_blocks_an_email_after_max_failures_and_success_clears_it() -> None:
+def test_throttle_blocks_an_email_from_one_address_and_success_clears_it() -> None:
     throttle = LoginThrottle(max_failures=3, window_s=60)
     for _ in range(3):
-        throttle.check("A@example.com", "10.0.0.1")
+        assert throttle.check("A@example.com", "10.0.0.1") == 0
         throttle.failed("a@example.com", "10.0.0.1")
     with pytest.raises(RateLimited) as caught:
-        throttle.check("a@example.com", "10.0.0.2")
+        throttle.check("a@example.com", "10.0.0.1")
     assert caught.value.retry_after >= 1
     throttle.check("b@example.com", "10.0.0.1")  # other emails from the same address still may try
-    throttle.succeeded("a@example.com")
-    throttle.check("a@example.com", "10.0.0.1")
+    throttle.succeeded("a@example.com", "10.0.0.1")
+    assert throttle.check("a@example.com", "10.0.0.1") == 0
+
+
+def test_nobody_can_lock_a_user_out_from_elsewhere() -> None:
+    """An attacker's failures for someone's email slow that email down; they never lock its owner out."""
+    throttle = LoginThrottle(max_failures=3, window_s=60, slow_s=1.5)
+    for i in range(12):
+        throttle.failed("victim@example.com", f"203.0.113.{i % 4}")
+    with pytest.raises(RateLimited):
+        throttle.check("victim@example.com", "203.0.113.1")
+    assert throttle.check("victim@example.com", "198.51.100.7") == 1.5  # the owner: slowed, not refused
+    throttle.succeeded("victim@example.com", "198.51.100.7")
+    assert throttle.check("victim@example.com", "198.51.100.7") == 0
 
 
 def test_throttle_blocks_an_address_trying_many_emails() -> None:

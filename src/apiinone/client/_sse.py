@@ -38,6 +38,6 @@ class SSEDecoder:
             self._data.append(value)
         elif name == "id" and "\0" not in value:
             self.last_event_id = value
-        elif name == "retry" and value.isdigit():
+        elif name == "retry" and value.isascii() and value.isdigit():
             self.retry_ms = int(value)
         return None

@@ -15,6 +15,13 @@ def is_postgres(conn: AsyncConnection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
+def insert_or_add(conn: AsyncConnection, table: Table, values: dict[str, Any], add: tuple[str, ...]) -> Insert:
+    """INSERT, or on a key conflict add the new row's ``add`` columns to the existing row's."""
+    stmt = (postgresql.insert if is_postgres(conn) else sqlite.insert)(table).values(**values)
+    return stmt.on_conflict_do_update(index_elements=[c.name for c in table.primary_key.columns],
+                                      set_={name: table.c[name] + stmt.excluded[name] for name in add})
+
+
 def insert_or_ignore(conn: AsyncConnection, table: Table, values: dict[str, Any]) -> Insert:
     """INSERT that does nothing when the row's key already exists (both dialects speak ON CONFLICT)."""
     stmt = (postgresql.insert if is_postgres(conn) else sqlite.insert)(table).values(**values)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,6 +33,8 @@ _SPEND = (
                t.api_keys.c.credits_spent + bindparam("amount") <= t.api_keys.c.credit_budget))
     .values(credits_spent=t.api_keys.c.credits_spent + bindparam("amount"))
 )
+ACCOUNT_CREATION_LOCK = 0x61696F0001
+"""The PostgreSQL advisory lock key that account creations take in turn ("aio" + 1)."""
 _INSERT_TASK = insert(t.tasks)
 _INSERT_LEDGER = insert(t.ledger_entries)
 _TASK_BY_ID = select(t.tasks).where(t.tasks.c.id == bindparam("task_id"))
@@ -104,6 +106,23 @@ class AccountRepository:
 
     async def count(self) -> int:
         return int((await self.conn.execute(select(func.count()).select_from(t.accounts))).scalar_one())
+
+    async def lock_account_creation(self) -> None:
+        """Until this transaction ends, other account creations wait: a PostgreSQL advisory lock
+        (SQLite's single writer already serialises them)."""
+        if self.conn.dialect.name == "postgresql":
+            await self.conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ACCOUNT_CREATION_LOCK})
+
+    async def replace_password(self, account_id: str, old_hash: str | None, new_hash: str) -> bool:
+        """Compare-and-set: False when the password changed since ``old_hash`` was read."""
+        where = t.accounts.c.password_hash.is_(None) if old_hash is None else t.accounts.c.password_hash == old_hash
+        result = await self.conn.execute(
+            update(t.accounts).where(t.accounts.c.id == account_id, where).values(password_hash=new_hash))
+        return bool(result.rowcount)
+
+    async def any_admin(self) -> bool:
+        stmt = select(t.accounts.c.id).where(t.accounts.c.is_admin.is_(True)).limit(1)
+        return (await self.conn.execute(stmt)).first() is not None
 
     async def list(self, *, query: str | None = None, limit: int = 50, offset: int = 0) -> list[Account]:
         stmt = select(t.accounts).order_by(t.accounts.c.created_at.desc()).limit(limit).offset(offset)
@@ -272,6 +291,12 @@ class TaskRepository:
             stmt = stmt.where(t.tasks.c.model == model)
         stmt = stmt.order_by(t.tasks.c.id.desc()).limit(limit)
         return [task_from_row(r) for r in (await self.conn.execute(stmt)).mappings()]
+
+    async def count_unfinished(self) -> dict[str, int]:
+        """Queued and running tasks across the cluster (the metrics' queue depth and in-flight)."""
+        stmt = (select(t.tasks.c.status, func.count()).where(t.tasks.c.status.in_(("queued", "running")))
+                .group_by(t.tasks.c.status))
+        return {str(s): int(n) for s, n in (await self.conn.execute(stmt)).all()}
 
     async def count_active(self, account_id: str) -> int:
         stmt = select(func.count()).select_from(t.tasks).where(

@@ -142,6 +142,7 @@ request_log = Table(
     Index("ix_request_log_account_id", "account_id", "id"),
     Index("ix_request_log_account_created", "account_id", "created_at"),
     Index("ix_request_log_account_model", "account_id", "model", "id"),
+    Index("ix_request_log_created", "created_at"),
 )
 
 idempotency_keys = Table(
@@ -271,10 +272,59 @@ route_health = Table(
     Column("updated_at", BigInteger, nullable=False),
 )
 
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    # request_log summed per UTC day, model and key, in the transaction that writes each record: a
+    # year of a busy account's usage reads a few thousand rows instead of millions
+    Column("account_id", String(40), primary_key=True),
+    Column("day", Integer, primary_key=True),  # UTC days since 1970-01-01
+    Column("model", String(100), primary_key=True),
+    Column("key_prefix", String(20), primary_key=True),  # "" for requests made without a key
+    Column("requests", BigInteger, nullable=False),
+    Column("succeeded", BigInteger, nullable=False),
+    Column("failed", BigInteger, nullable=False),
+    Column("credits", BigInteger, nullable=False),  # µcr charged
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+)
+
+upstream_routes = Table(
+    "upstream_routes",
+    metadata,
+    Column("id", String(40), primary_key=True),  # rte_<ulid>
+    Column("model_id", String(100), nullable=False),
+    Column("name", String(100), nullable=False),  # a catalog route of this name is replaced by this row
+    Column("provider", String(40), nullable=False),
+    Column("base_url", String(500), nullable=True),
+    Column("upstream_model", String(200), nullable=True),
+    Column("keys_encrypted", Text, nullable=True),  # Fernet token of the comma-separated keys
+    Column("key_hint", String(8), nullable=True),  # last 4 characters of each key, for the console
+    Column("priority", Integer, nullable=False, default=0),
+    Column("weight", Integer, nullable=False, default=1),
+    Column("timeout_s", Integer, nullable=True),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    UniqueConstraint("model_id", "name", name="uq_upstream_routes_model_name"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", String(40), primary_key=True),  # aud_<ulid>: time-ordered, the paging cursor
+    Column("actor_id", String(40), nullable=True),  # the admin; null for the command line
+    Column("action", String(60), nullable=False),  # route.create, model.update, credits.grant, ...
+    Column("target", String(200), nullable=False),
+    Column("detail", Text, nullable=True),  # JSON; never a key
+    Column("created_at", BigInteger, nullable=False),
+)
+
 __all__ = [
     "UniqueConstraint",
     "accounts",
     "api_keys",
+    "audit_log",
     "idempotency_keys",
     "ledger_entries",
     "metadata",
@@ -284,6 +334,8 @@ __all__ = [
     "request_log",
     "route_health",
     "tasks",
+    "upstream_routes",
+    "usage_daily",
     "web_sessions",
     "webhook_attempts",
     "webhook_deliveries",

@@ -29,6 +29,9 @@ class RouteSpec:
     weight: int = 1
     timeout_s: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    keys: tuple[str, ...] = field(default=(), repr=False)
+    """Keys held by the route itself (a route made in the console); else ``api_key_env`` is read."""
+    stored: bool = False  # made or edited in the console (domain/routes.py)
 
 
 _ROUTE_FIELDS = {"name", "provider", "base_url", "api_key_env", "upstream_model", "priority", "weight", "timeout_s"}
@@ -76,6 +79,17 @@ class ModelSpec:
     def price(self, quality: str) -> Any:
         return self.pricing[quality]
 
+    def price_rows(self) -> list[tuple[str, Any]]:
+        """The prices as (what, credits) rows: per quality for images, per second of a resolution
+        for videos (``"720p / s"``), per request or per second for audio."""
+        rows: list[tuple[str, Any]] = []
+        for key, value in self.pricing.items():
+            if isinstance(value, dict):
+                rows.extend((f"{sub} / s", price) for sub, price in value.items())
+            else:
+                rows.append((key, value))
+        return rows
+
     def effective_routes(self) -> tuple[RouteSpec, ...]:
         """The model's routes; a model without ``routes`` has one, made of its own fields."""
         if self.routes:
@@ -108,6 +122,8 @@ class ModelSpec:
             public["max_output_tokens"] = self.max_output_tokens
         if self.durations:
             public["durations"] = list(self.durations)
+        if self.voices:
+            public["voices"] = list(self.voices)
         return public
 
 
@@ -159,6 +175,11 @@ class Catalog:
         for m in self.models.values():
             o = overrides.get(m.id)
             models.append(_spec_from_mapping(o, m) if o else m)
+        return Catalog(models)
+
+    def with_routes(self, routes: dict[str, tuple[RouteSpec, ...]]) -> Catalog:
+        """A copy whose models listed in ``routes`` are served by those routes instead."""
+        models = [replace(m, routes=routes[m.id]) if m.id in routes else m for m in self.models.values()]
         return Catalog(models)
 
     @classmethod

@@ -53,6 +53,18 @@ RunOutcome = Finished | Deferred
 
 
 @dataclass(frozen=True, slots=True)
+class StillRunning:
+    """A remote job has not ended yet: its latest ``progress`` (0-100 or None), and when the
+    upstream suggests looking again (None: the poller's own backoff decides)."""
+
+    progress: int | None = None
+    poll_after_ms: int | None = None
+
+
+FollowOutcome = Finished | StillRunning
+
+
+@dataclass(frozen=True, slots=True)
 class RunContext:
     """Everything a queued kind may use while running one task. No database, no credits."""
 
@@ -63,6 +75,8 @@ class RunContext:
     files_base_url: str
     timeout_s: float
     hooks: Mapping[str, Callable[..., None]] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Deployment settings a kind reads (e.g. ``max_result_bytes`` for remote results)."""
 
     def file_url(self, key: str) -> str:
         return self.storage.public_url(key) or f"{self.files_base_url}/files/{key}"
@@ -84,6 +98,18 @@ class Kind(Protocol):
 class QueuedKind(Kind, Protocol):
     async def run(self, ctx: RunContext, task: Task) -> RunOutcome:
         """Do the task's work (raise TaskFailure to fail it)."""
+
+
+class RemoteKind(QueuedKind, Protocol):
+    """A queued kind whose ``run`` may return :class:`Deferred`: the remote-job poller then calls
+    ``follow`` until the job ends, and ``cancel_remote`` when the client cancels."""
+
+    async def follow(self, ctx: RunContext, task: Task) -> FollowOutcome:
+        """Look at the upstream job once (raise TaskFailure to fail the task, a retryable
+        UpstreamError to look again later)."""
+
+    async def cancel_remote(self, ctx: RunContext, task: Task) -> bool:
+        """Ask the upstream to stop the task's job; False where it cannot."""
 
 
 def require_price(value: object, what: str, *, whole: bool = False) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import httpx
 
 from apiinone.net.egress import UrlNotAllowed
+from apiinone.params import ascii_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +77,8 @@ async def _download(client: httpx.AsyncClient, url: str, max_bytes: int) -> byte
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise InputFetchError("input image must not be sent with a content encoding")
-        length = response.headers.get("content-length", "").strip()
-        if length.isdigit() and int(length) > max_bytes:
+        length = ascii_int(response.headers.get("content-length", "").strip())
+        if length is not None and length > max_bytes:
             raise InputFetchError(f"input image is larger than {max_bytes} bytes")
         buffer = bytearray()
         async for chunk in response.aiter_raw():
@@ -138,3 +139,94 @@ async def fetch_input_image(
     pillow_format, extension = _FORMATS[content_type]
     await asyncio.to_thread(_check_image, data, pillow_format, max_pixels)
     return InputImage(data=data, content_type=content_type, filename=f"image.{extension}")
+
+
+# --------------------------------------------------------------------------- media results
+
+DEFAULT_MAX_RESULT_BYTES = 512 * 1024 * 1024
+
+
+def sniff_media_type(data: bytes) -> str | None:
+    """A video, audio or image type from magic bytes (what the bytes are, whatever the header said)."""
+    head = data[:16]
+    if len(head) >= 12 and head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"M4A ", b"M4B "):
+            return "audio/mp4"
+        if brand == b"qt  ":
+            return "video/quicktime"
+        return "video/mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video/webm"
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "audio/wav"
+    if head.startswith(b"ID3") or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        return "audio/mpeg"
+    if head.startswith(b"OggS"):
+        return "audio/ogg"
+    if head.startswith(b"fLaC"):
+        return "audio/flac"
+    return sniff_image_type(data)
+
+
+MAX_RESULT_REDIRECTS = 3
+
+
+async def _download_result(client: httpx.AsyncClient, url: str, send: dict[str, str], accept: tuple[str, ...],
+                           max_bytes: int) -> bytearray:
+    origin = httpx.URL(url).copy_with(path="/", query=None, fragment=None)
+    for _hop in range(MAX_RESULT_REDIRECTS + 1):
+        async with client.stream("GET", url, headers=send, follow_redirects=False) as response:
+            if 300 <= response.status_code < 400 and response.headers.get("location"):
+                target = httpx.URL(url).join(response.headers["location"])
+                if target.scheme not in ("http", "https"):
+                    raise InputFetchError("the result URL redirects to a non-http URL")
+                if target.copy_with(path="/", query=None, fragment=None) != origin:
+                    send = {k: v for k, v in send.items() if k in ("Accept", "Accept-Encoding")}
+                url = str(target)
+                continue
+            if response.status_code != 200:
+                raise InputFetchError(f"the result URL answered HTTP {response.status_code}")
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise InputFetchError("the result was sent with a content encoding")
+            declared = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            families = {a.split("/", 1)[0] for a in accept}
+            if declared and declared != "application/octet-stream" and declared.split("/", 1)[0] not in families:
+                raise InputFetchError(f"the result is {declared}, not one of {', '.join(accept)}")
+            length = response.headers.get("content-length", "").strip()
+            if length.isdigit() and int(length) > max_bytes:
+                raise InputFetchError(f"the result is larger than {max_bytes} bytes")
+            buffer = bytearray()
+            async for chunk in response.aiter_raw():
+                buffer += chunk
+                if len(buffer) > max_bytes:
+                    raise InputFetchError(f"the result is larger than {max_bytes} bytes")
+            return buffer
+    raise InputFetchError("the result URL redirects too often")
+
+
+async def fetch_result_file(client: httpx.AsyncClient, url: str, *, accept: tuple[str, ...],
+                            headers: dict[str, str] | None = None, max_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+                            total_timeout_s: float = 600.0) -> tuple[bytes, str]:
+    """Stream an upstream's result file (a video, a song) through the egress guard: at most
+    ``max_bytes`` (refused as soon as the count passes it), no content encoding, and its sniffed
+    type must be one of ``accept``. Up to :data:`MAX_RESULT_REDIRECTS` redirects are followed (file
+    downloads redirect to storage), each checked by the guard again; ``headers`` (an upstream key)
+    go only to the origin they were given for. Returns the bytes and their type."""
+    send = {"Accept": ", ".join(accept), "Accept-Encoding": "identity", **(headers or {})}
+    try:
+        async with asyncio.timeout(total_timeout_s):
+            buffer = await _download_result(client, url, send, accept, max_bytes)
+    except InputFetchError:
+        raise
+    except UrlNotAllowed as exc:
+        raise InputFetchError(f"the result URL is not allowed: {exc.message}") from exc
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        raise InputFetchError("downloading the result timed out") from exc
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise InputFetchError("could not download the result") from exc
+    sniffed = sniff_media_type(bytes(buffer[:16]))
+    if sniffed not in accept:
+        raise InputFetchError(f"the result is not one of {', '.join(accept)}")
+    return bytes(buffer), sniffed

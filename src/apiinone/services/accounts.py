@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
@@ -10,11 +11,12 @@ from decimal import Decimal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy.exc import IntegrityError
 
 from apiinone.db.channels import KEYS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.domain.accounts import Account, ApiKey
-from apiinone.domain.credits import LedgerKind, credits_to_ucr
+from apiinone.domain.credits import LedgerKind, credits_to_ucr, format_credits_text
 from apiinone.errors import Forbidden, InvalidParameter, NotFound, Unauthorized
 from apiinone.ids import new_id, now_ms
 from apiinone.webhooks.signing import new_webhook_secret
@@ -70,41 +72,59 @@ class AccountService:
         email = normalize_email(email)
         if password is not None and len(password) < 8:
             raise InvalidParameter("password must be at least 8 characters", param="password")
-        password_hash = hash_password(password) if password else None
-        async with self.db.uow() as uow:
-            if await uow.accounts.get_by_email(email) is not None:
-                raise InvalidParameter("an account with this email already exists", param="email")
-            is_admin = admin or (first_is_admin and await uow.accounts.count() == 0)
-            account = Account(id=new_id("acc"), email=email, created_at=now_ms(), is_admin=is_admin,
-                              webhook_secret=new_webhook_secret())
-            await uow.accounts.add(account, password_hash)
-            if grant:
-                await uow.accounts.change(account.id, balance=grant)
-                await uow.ledger.add(account.id, LedgerKind.GRANT, grant, note="starter credits")
-            await uow.commit()
+        password_hash = await asyncio.to_thread(hash_password, password) if password else None
+        taken = InvalidParameter("an account with this email already exists", param="email")
+        try:
+            async with self.db.uow() as uow:
+                # Account creations take turns, so "no admin yet" cannot be true for two at once
+                # and a duplicate email is found by the lookup rather than by the unique index.
+                await uow.accounts.lock_account_creation()
+                if await uow.accounts.get_by_email(email) is not None:
+                    raise taken
+                is_admin = admin or (first_is_admin and not await uow.accounts.any_admin())
+                account = Account(id=new_id("acc"), email=email, created_at=now_ms(), is_admin=is_admin,
+                                  webhook_secret=new_webhook_secret())
+                await uow.accounts.add(account, password_hash)
+                if grant:
+                    await uow.accounts.change(account.id, balance=grant)
+                    await uow.ledger.add(account.id, LedgerKind.GRANT, grant, note="starter credits")
+                await uow.commit()
+        except IntegrityError as exc:  # the unique email index, should another path have raced us
+            raise taken from exc
         return account
 
     async def authenticate_password(self, email: str, password: str) -> Account:
         async with self.db.uow(write=False) as uow:
             account = await uow.accounts.get_by_email(email.strip().lower())
         if account is None:
-            hash_password(password)  # same cost whether or not the account exists
+            await asyncio.to_thread(hash_password, password)  # same cost whether or not the account exists
             raise Unauthorized("wrong email or password")
-        if not verify_password(account.password_hash, password):
+        if not await asyncio.to_thread(verify_password, account.password_hash, password):
             raise Unauthorized("wrong email or password")
         if account.disabled:
             raise Forbidden("this account is disabled")
         return account
 
-    async def change_password(self, account_id: str, current: str, new: str) -> None:
+    async def change_password(self, account_id: str, current: str, new: str, *,
+                              keep_session_hash: str | None = None) -> int:
+        """Set a new password and end the account's other console sessions in one transaction (a
+        stolen session must not outlive the password change). Returns how many sessions ended."""
+        from apiinone.db.sessions import SessionRepository
+
         if len(new) < 8:
             raise InvalidParameter("password must be at least 8 characters", param="password")
-        async with self.db.uow() as uow:
+        wrong = InvalidParameter("current password is wrong", param="current_password")
+        async with self.db.uow(write=False) as uow:
             account = await uow.accounts.get(account_id)
-            if account is None or not verify_password(account.password_hash, current):
-                raise InvalidParameter("current password is wrong", param="current_password")
-            await uow.accounts.update(account_id, password_hash=hash_password(new))
+        if account is None or not await asyncio.to_thread(verify_password, account.password_hash, current):
+            raise wrong
+        new_hash = await asyncio.to_thread(hash_password, new)  # argon2 off the event loop, outside the write
+        async with self.db.uow() as uow:
+            if not await uow.accounts.replace_password(account_id, account.password_hash, new_hash):
+                raise wrong  # changed meanwhile by another request
+            ended = await SessionRepository(uow.conn).delete_for_account(account_id, keep=keep_session_hash)
             await uow.commit()
+        return ended
 
     async def get(self, account_id: str) -> Account:
         async with self.db.uow(write=False) as uow:
@@ -163,6 +183,8 @@ class AccountService:
             elif not await uow.accounts.try_debit(account_id, -amount):
                 raise InvalidParameter("deduction exceeds the available credits", param="credits")
             await uow.ledger.add(account_id, kind, amount, note=note, actor=actor)
+            await uow.audit.add(actor, "credits.grant" if amount > 0 else "credits.deduct", account_id,
+                                {"credits": format_credits_text(amount), "kind": kind.value, "note": note})
             account = await uow.accounts.get(account_id)
             await uow.commit()
         assert account is not None

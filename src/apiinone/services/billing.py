@@ -18,16 +18,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-import orjson
-from sqlalchemy import and_, func, insert, select, update
-from sqlalchemy.engine import RowMapping
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from apiinone.db import tables as t
+from apiinone.db.billing import BillingRepository
 from apiinone.db.database import Database
-from apiinone.domain.credits import UCR_PER_CREDIT, LedgerKind, credits_to_ucr
+from apiinone.domain.billing import CodeBatch, Order, OrderEvent
+from apiinone.domain.credits import UCR_PER_CREDIT, LedgerKind, credits_to_ucr, format_credits_text
 from apiinone.errors import ApiError, InvalidParameter, NotFound
 from apiinone.ids import new_id, now_ms
 
@@ -72,31 +68,6 @@ def packs_from_setting(value: str) -> list[CreditPack]:
 
 
 @dataclass(frozen=True, slots=True)
-class OrderEvent:
-    status: str
-    at: int
-    actor: str | None = None
-    note: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Order:
-    id: str
-    account_id: str
-    pack: str
-    credits: int  # µcr
-    amount_cents: int
-    currency: str
-    provider: str
-    status: str
-    created_at: int
-    paid_at: int | None = None
-    external_id: str | None = None
-    history: tuple[OrderEvent, ...] = ()
-    account_email: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Checkout:
     """What the buyer does next: follow ``redirect_url`` (card processors) or read the manual
     payment instructions (the offline provider)."""
@@ -122,15 +93,6 @@ class ManualPaymentProvider:
 
 
 @dataclass(frozen=True, slots=True)
-class CodeBatch:
-    batch: str
-    credits: int  # µcr per code
-    total: int
-    redeemed: int
-    created_at: int
-
-
-@dataclass(frozen=True, slots=True)
 class CreatedBatch:
     batch: str
     credits: int  # µcr per code
@@ -149,88 +111,6 @@ def hash_code(code: str) -> str:
 def new_code() -> str:
     body = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(16))
     return f"{CODE_PREFIX}-" + "-".join(body[i:i + 4] for i in range(0, 16, 4))
-
-
-def _order_from_row(r: RowMapping) -> Order:
-    history = tuple(OrderEvent(**e) for e in orjson.loads(r["history"] or "[]"))
-    return Order(id=r["id"], account_id=r["account_id"], pack=r["pack"], credits=int(r["credits"]),
-                 amount_cents=int(r["amount_cents"]), currency=r["currency"], provider=r["provider"],
-                 status=r["status"], created_at=int(r["created_at"]), paid_at=r["paid_at"],
-                 external_id=r["external_id"], history=history,
-                 account_email=r.get("email"))
-
-
-def _history_json(history: tuple[OrderEvent, ...]) -> str:
-    return orjson.dumps([{"status": e.status, "at": e.at, "actor": e.actor, "note": e.note}
-                         for e in history]).decode()
-
-
-class BillingRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
-        self.conn = conn
-
-    async def add_codes(self, hashes: list[tuple[str, str]], *, batch: str, credits: int, actor: str | None,
-                        at: int) -> None:
-        await self.conn.execute(insert(t.redemption_codes), [
-            {"code_hash": h, "batch": batch, "code_prefix": prefix, "credits": credits, "created_by": actor,
-             "created_at": at}
-            for h, prefix in hashes
-        ])
-
-    async def claim_code(self, code_hash: str, account_id: str, at: int) -> tuple[int, str] | None:
-        """Mark the code redeemed iff nobody has: the one compare-and-set that makes it single-use."""
-        result = await self.conn.execute(
-            update(t.redemption_codes)
-            .where(t.redemption_codes.c.code_hash == code_hash, t.redemption_codes.c.redeemed_by.is_(None))
-            .values(redeemed_by=account_id, redeemed_at=at)
-        )
-        if result.rowcount != 1:
-            return None
-        row = (await self.conn.execute(
-            select(t.redemption_codes.c.credits, t.redemption_codes.c.code_prefix)
-            .where(t.redemption_codes.c.code_hash == code_hash))).one()
-        return int(row[0]), str(row[1])
-
-    async def batches(self, limit: int = 100) -> list[CodeBatch]:
-        c = t.redemption_codes.c
-        stmt = (select(c.batch, func.max(c.credits), func.count(), func.count(c.redeemed_by), func.min(c.created_at))
-                .group_by(c.batch).order_by(func.min(c.created_at).desc()).limit(limit))
-        return [CodeBatch(batch=str(b), credits=int(cr), total=int(n), redeemed=int(r), created_at=int(at))
-                for b, cr, n, r, at in (await self.conn.execute(stmt)).all()]
-
-    async def add_order(self, order: Order) -> None:
-        await self.conn.execute(insert(t.orders).values(
-            id=order.id, account_id=order.account_id, pack=order.pack, credits=order.credits,
-            amount_cents=order.amount_cents, currency=order.currency, provider=order.provider,
-            status=order.status, history=_history_json(order.history), created_at=order.created_at))
-
-    async def get_order(self, order_id: str) -> Order | None:
-        row = (await self.conn.execute(select(t.orders).where(t.orders.c.id == order_id))).mappings().first()
-        return _order_from_row(row) if row else None
-
-    async def list_orders(self, account_id: str | None, *, status: str | None = None,
-                          limit: int = 50) -> list[Order]:
-        stmt = (select(t.orders, t.accounts.c.email)
-                .join(t.accounts, t.accounts.c.id == t.orders.c.account_id)
-                .order_by(t.orders.c.id.desc()).limit(limit))
-        if account_id is not None:
-            stmt = stmt.where(t.orders.c.account_id == account_id)
-        if status:
-            stmt = stmt.where(t.orders.c.status == status)
-        return [_order_from_row(r) for r in (await self.conn.execute(stmt)).mappings()]
-
-    async def move_order(self, order: Order, new_status: str, event: OrderEvent, *,
-                         external_id: str | None = None) -> bool:
-        """Compare-and-set the order out of the status it was read in, appending to its history."""
-        values: dict[str, Any] = {"status": new_status, "history": _history_json((*order.history, event))}
-        if new_status == "paid":
-            values["paid_at"] = event.at
-        if external_id is not None:
-            values["external_id"] = external_id
-        result = await self.conn.execute(
-            update(t.orders).where(and_(t.orders.c.id == order.id, t.orders.c.status == order.status))
-            .values(**values))
-        return result.rowcount == 1
 
 
 class BillingService:
@@ -254,6 +134,7 @@ class BillingService:
         async with self.db.uow() as uow:
             await BillingRepository(uow.conn).add_codes(
                 [(hash_code(c), c[:8]) for c in codes], batch=label, credits=amount, actor=actor, at=now)
+            await uow.audit.add(actor, "codes.create", label, {"count": count, "credits": format_credits_text(amount)})
             await uow.commit()
         return CreatedBatch(batch=label, credits=amount, codes=codes)
 
@@ -311,6 +192,8 @@ class BillingService:
             await uow.ledger.add(order.account_id, LedgerKind.TOPUP, order.credits, note=f"order {order.id}",
                                  actor=actor, at=now)
             paid = await repo.get_order(order_id)
+            await uow.audit.add(actor, "order.paid", order.id, {"account": order.account_id, "note": note,
+                                                                "credits": format_credits_text(order.credits)})
             await uow.commit()
         assert paid is not None
         return paid
@@ -328,6 +211,8 @@ class BillingService:
             if order.status != "pending" or not await repo.move_order(order, "canceled", event):
                 raise OrderStateConflict()
             canceled = await repo.get_order(order_id)
+            if account_id is None:  # an admin's cancel (a user's own is not an admin change)
+                await uow.audit.add(actor, "order.cancel", order.id, {"account": order.account_id, "note": note})
             await uow.commit()
         assert canceled is not None
         return canceled

@@ -1,7 +1,7 @@
 """What the console and admin pages read and change beyond the core use cases: model overrides,
 account disabling, worker nodes with their running tasks, recent failures.
 
-SQL for these lives here, in one place, next to the use cases that need it.
+Their SQL is in :mod:`apiinone.db.console`.
 """
 
 from __future__ import annotations
@@ -9,13 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-from sqlalchemy import delete, func, insert, select
-
-from apiinone.db import tables as t
 from apiinone.db.channels import KEYS_CHANNEL
+from apiinone.db.console import ConsoleRepository
 from apiinone.db.database import Database
-from apiinone.db.repositories import task_from_row
+from apiinone.db.sessions import SessionRepository
 from apiinone.domain.accounts import Account
 from apiinone.domain.catalog import Catalog
 from apiinone.domain.tasks import Task
@@ -53,17 +50,17 @@ class ConsoleQueries:
 
     async def model_overrides(self) -> dict[str, ModelOverride]:
         async with self.db.uow(write=False) as uow:
-            rows = (await uow.conn.execute(select(t.model_overrides))).mappings().all()
+            rows = await ConsoleRepository(uow.conn).model_overrides()
         return {
             r["model_id"]: ModelOverride(
-                model_id=r["model_id"], enabled=None if r["enabled"] is None else bool(r["enabled"]),
-                pricing={str(k): int(v) for k, v in orjson.loads(r["pricing"]).items()} if r["pricing"] else None,
-                updated_at=int(r["updated_at"]))
+                model_id=r["model_id"], enabled=r["enabled"],
+                pricing={str(k): int(v) for k, v in r["pricing"].items()} if r["pricing"] else None,
+                updated_at=r["updated_at"])
             for r in rows
         }
 
     async def set_model_override(self, base: Catalog, model_id: str, *, enabled: bool,
-                                 pricing: dict[str, int]) -> None:
+                                 pricing: dict[str, int], actor: str | None = None) -> None:
         """Store the admin's choice for a model; fields equal to the file catalog are not stored."""
         spec = base.models.get(model_id)
         if spec is None:
@@ -71,12 +68,11 @@ class ConsoleQueries:
         if set(pricing) != set(spec.pricing) or any(p < 0 or p > 1_000_000 for p in pricing.values()):
             raise InvalidParameter("a price from 0 to 1000000 credits is needed for every quality", param="pricing")
         enabled_value = None if enabled == spec.enabled else enabled
-        pricing_value = None if pricing == spec.pricing else orjson.dumps(pricing).decode()
+        pricing_value = None if pricing == spec.pricing else pricing
         async with self.db.uow() as uow:
-            await uow.conn.execute(delete(t.model_overrides).where(t.model_overrides.c.model_id == model_id))
-            if enabled_value is not None or pricing_value is not None:
-                await uow.conn.execute(insert(t.model_overrides).values(
-                    model_id=model_id, enabled=enabled_value, pricing=pricing_value, updated_at=now_ms()))
+            await ConsoleRepository(uow.conn).replace_model_override(model_id, enabled=enabled_value,
+                                                                     pricing=pricing_value, at=now_ms())
+            await uow.audit.add(actor, "model.update", model_id, {"enabled": enabled, "pricing": pricing})
             await uow.commit()
 
     # --- accounts ----------------------------------------------------------------------------
@@ -85,14 +81,15 @@ class ConsoleQueries:
         async with self.db.uow(write=False) as uow:
             return await uow.accounts.list(query=query or None, limit=limit)
 
-    async def set_disabled(self, account_id: str, disabled: bool) -> None:
+    async def set_disabled(self, account_id: str, disabled: bool, *, actor: str | None = None) -> None:
         """Disabling also ends the account's console sessions in the same transaction."""
         async with self.db.uow() as uow:
             if await uow.accounts.get(account_id) is None:
                 raise NotFound("account not found")
             await uow.accounts.update(account_id, disabled=disabled)
             if disabled:
-                await uow.conn.execute(delete(t.web_sessions).where(t.web_sessions.c.account_id == account_id))
+                await SessionRepository(uow.conn).delete_for_account(account_id)
+            await uow.audit.add(actor, "account.disable" if disabled else "account.enable", account_id)
             await uow.notify(KEYS_CHANNEL, "")  # every API process re-reads its cached keys
             await uow.commit()
 
@@ -104,14 +101,7 @@ class ConsoleQueries:
     async def stats(self) -> dict[str, int]:
         since = now_ms() - 24 * 3600 * 1000
         async with self.db.uow(write=False) as uow:
-            conn = uow.conn
-            accounts = int((await conn.execute(select(func.count()).select_from(t.accounts))).scalar_one())
-            rows = (await conn.execute(
-                select(t.tasks.c.status, func.count()).where(t.tasks.c.created_at >= since)
-                .group_by(t.tasks.c.status))).all()
-            pending = int((await conn.execute(
-                select(func.count()).select_from(t.orders).where(t.orders.c.status == "pending"))).scalar_one())
-        by_status = {str(s): int(n) for s, n in rows}
+            accounts, by_status, pending = await ConsoleRepository(uow.conn).dashboard_counts(since)
         return {"accounts": accounts, "tasks_24h": sum(by_status.values()),
                 "succeeded_24h": by_status.get("succeeded", 0), "failed_24h": by_status.get("failed", 0),
                 "active": by_status.get("queued", 0) + by_status.get("running", 0), "pending_orders": pending}
@@ -122,18 +112,13 @@ class ConsoleQueries:
         """Worker nodes with the tasks each is running now."""
         async with self.db.uow(write=False) as uow:
             nodes = await uow.queue.nodes()
-            running = (await uow.conn.execute(
-                select(t.tasks.c.node, t.tasks.c.id, t.tasks.c.model)
-                .where(t.tasks.c.status == "running").order_by(t.tasks.c.id).limit(500))).all()
+            running = await ConsoleRepository(uow.conn).running_tasks()
         by_node: dict[str, list[dict[str, str]]] = {}
         for node, task_id, model in running:
-            by_node.setdefault(str(node), []).append({"id": str(task_id), "model": str(model)})
+            by_node.setdefault(node, []).append({"id": task_id, "model": model})
         return [dict(n) | {"running_tasks": by_node.get(str(n["name"]), [])} for n in nodes]
 
     async def recent_failures(self, *, limit: int = 20) -> list[FailedTask]:
         async with self.db.uow(write=False) as uow:
-            rows = (await uow.conn.execute(
-                select(t.tasks, t.accounts.c.email.label("account_email"))
-                .join(t.accounts, t.accounts.c.id == t.tasks.c.account_id)
-                .where(t.tasks.c.status == "failed").order_by(t.tasks.c.id.desc()).limit(limit))).mappings().all()
-        return [FailedTask(task=task_from_row(r), email=str(r["account_email"])) for r in rows]
+            rows = await ConsoleRepository(uow.conn).recent_failures(limit)
+        return [FailedTask(task=task, email=email) for task, email in rows]

@@ -36,7 +36,6 @@ __all__ = [
     "TaskWatch",
     "events_of",
     "notify_payloads",
-    "parse_last_event_id",
 ]
 
 _NOTIFY_MAX_BYTES = 7900  # PostgreSQL caps a NOTIFY payload at 8000 bytes
@@ -51,25 +50,30 @@ class TaskEvent:
     data: dict[str, Any]
 
 
+PROGRESS_EVENT_BASE = 1000
+"""A ``running`` event that reports progress P has id 1000 + P; the end of a task that reported
+progress has id 2000, so ids keep growing and a stream resumes from any ``Last-Event-ID``."""
+END_AFTER_PROGRESS_ID = 2000
+
+
 def events_of(task: Task, base_url: str) -> list[TaskEvent]:
     """Every status change the task has gone through so far, oldest first.
 
     The terminal event carries the whole task object; the others say which status was reached
-    and when. A task canceled or failed before any worker took it has no ``running`` event."""
+    and when. A task canceled or failed before any worker took it has no ``running`` event. A
+    task whose upstream reports ``progress`` has one more ``running`` event with the latest
+    progress (ids from :data:`PROGRESS_EVENT_BASE`), sent again whenever it moves."""
     events = [TaskEvent(1, "queued", {"task_id": task.id, "status": "queued", "at": iso(task.created_at)})]
     if task.started_at is not None:
         events.append(TaskEvent(2, "running", {"task_id": task.id, "status": "running",
                                                "at": iso(task.started_at), "node": task.node}))
+    if task.progress is not None and not task.status.is_terminal:
+        events.append(TaskEvent(PROGRESS_EVENT_BASE + task.progress, "running",
+                                {"task_id": task.id, "status": "running", "progress": task.progress}))
     if task.status.is_terminal:
-        events.append(TaskEvent(3, task.status.value, task.to_public(base_url)))
+        end_id = 3 if task.progress is None else END_AFTER_PROGRESS_ID
+        events.append(TaskEvent(end_id, task.status.value, task.to_public(base_url)))
     return events
-
-
-def parse_last_event_id(value: str | None) -> int:
-    """The last event a reconnecting client saw; anything unreadable means "none"."""
-    if value and value.strip().isdigit():
-        return int(value.strip())
-    return 0
 
 
 def notify_payloads(status: str, task_ids: Iterable[str]) -> list[str]:

@@ -28,6 +28,7 @@ from apiinone.domain.credits import LedgerKind, format_credits_text
 from apiinone.domain.usage import REQUEST_STATUSES, RequestLogEntry, RequestRecord
 from apiinone.errors import InsufficientCredits
 from apiinone.ids import new_id, now_ms
+from apiinone.telemetry.metrics import observe_request
 
 __all__ = ["DirectHold", "Metering", "RequestRecord"]
 
@@ -109,6 +110,7 @@ class Metering:
         entry = RequestLogEntry(id=request_id or new_id("req", now), account_id=account_id, api_key_id=api_key_id,
                                 key_prefix=key_prefix, credits=credits, created_at=now, record=record)
         await uow.requests.add(entry)
+        uow.on_commit(lambda: observe_request(record.type, record.model, record.status, credits, record.latency_ms))
         return entry.id
 
     # --- direct calls: each step is its own transaction ----------------------------------------

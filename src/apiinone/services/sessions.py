@@ -15,11 +15,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from apiinone.db import tables as t
 from apiinone.db.database import Database
+from apiinone.db.sessions import SessionRepository
 from apiinone.domain.accounts import Account
 from apiinone.errors import RateLimited
 from apiinone.ids import now_ms
@@ -45,39 +42,6 @@ class NewSession:
     cookie_value: str
     csrf_token: str
     expires_at: int
-
-
-class SessionRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
-        self.conn = conn
-
-    async def add(self, id_hash: str, account_id: str, csrf_token: str, *, at: int, expires_at: int) -> None:
-        await self.conn.execute(insert(t.web_sessions).values(
-            id_hash=id_hash, account_id=account_id, csrf_token=csrf_token, created_at=at, expires_at=expires_at))
-
-    async def get(self, id_hash: str) -> tuple[str, str, int] | None:
-        row = (await self.conn.execute(
-            select(t.web_sessions.c.account_id, t.web_sessions.c.csrf_token, t.web_sessions.c.expires_at)
-            .where(t.web_sessions.c.id_hash == id_hash)
-        )).first()
-        return None if row is None else (str(row[0]), str(row[1]), int(row[2]))
-
-    async def delete(self, id_hash: str) -> None:
-        await self.conn.execute(delete(t.web_sessions).where(t.web_sessions.c.id_hash == id_hash))
-
-    async def delete_for_account(self, account_id: str, *, keep: str | None = None) -> int:
-        stmt = delete(t.web_sessions).where(t.web_sessions.c.account_id == account_id)
-        if keep is not None:
-            stmt = stmt.where(t.web_sessions.c.id_hash != keep)
-        return int((await self.conn.execute(stmt)).rowcount or 0)
-
-    async def delete_expired(self, now: int) -> int:
-        return int((await self.conn.execute(
-            delete(t.web_sessions).where(t.web_sessions.c.expires_at < now))).rowcount or 0)
-
-    async def extend(self, id_hash: str, expires_at: int) -> None:
-        await self.conn.execute(
-            update(t.web_sessions).where(t.web_sessions.c.id_hash == id_hash).values(expires_at=expires_at))
 
 
 class SessionService:
@@ -138,13 +102,24 @@ def anonymous_csrf_token(secret_key: str, pre_session: str) -> str:
 
 
 class LoginThrottle:
-    """Failed logins per email and per client address in a sliding window. A success clears the
-    email's count. In-process state: with several API processes each keeps its own window."""
+    """Failed logins in a sliding window, counted so that nobody can lock another user out.
 
-    def __init__(self, *, max_failures: int = 10, window_s: float = 900.0, per_address_factor: int = 3) -> None:
+    * per (email, client address): after ``max_failures`` that pair is refused (429) until the
+      window moves on; the same email from another address is not;
+    * per client address, whatever the email: ``max_failures × per_address_factor``, against one
+      address trying many accounts;
+    * per email from all addresses together: past ``max_failures`` every further attempt on that
+      email is slowed by ``slow_s`` (a delay, never a lock), against guessing from many addresses.
+
+    A success clears the email's counts. In-process state: each API process keeps its own window.
+    """
+
+    def __init__(self, *, max_failures: int = 10, window_s: float = 900.0, per_address_factor: int = 3,
+                 slow_s: float = 1.0) -> None:
         self.max_failures = max_failures
         self.window_s = window_s
         self.max_per_address = max_failures * per_address_factor
+        self.slow_s = slow_s
         self._failures: dict[str, deque[float]] = {}
 
     def _recent(self, bucket: str, now: float) -> deque[float]:
@@ -153,22 +128,31 @@ class LoginThrottle:
             entries.popleft()
         return entries
 
-    def check(self, email: str, address: str) -> None:
-        """Raise RateLimited when this email or address has failed too often recently."""
+    @staticmethod
+    def _buckets(email: str, address: str) -> tuple[str, str, str]:
+        email = email.strip().lower()
+        return f"p:{email}\0{address}", f"a:{address}", f"e:{email}"
+
+    def check(self, email: str, address: str) -> float:
+        """Raise RateLimited when this email from this address, or this address, has failed too
+        often recently; else the seconds to wait before trying the password (0 or ``slow_s``)."""
         now = time.monotonic()
-        for bucket, limit in ((f"e:{email.strip().lower()}", self.max_failures),
-                              (f"a:{address}", self.max_per_address)):
+        pair, by_address, by_email = self._buckets(email, address)
+        for bucket, limit in ((pair, self.max_failures), (by_address, self.max_per_address)):
             entries = self._recent(bucket, now)
             if len(entries) >= limit:
                 retry = int(entries[0] + self.window_s - now) + 1
                 raise RateLimited("too many failed logins; try again later", retry_after=retry)
+        return self.slow_s if len(self._recent(by_email, now)) >= self.max_failures else 0.0
 
     def failed(self, email: str, address: str) -> None:
         now = time.monotonic()
         if len(self._failures) > 50_000:
             self._failures.clear()
-        for bucket in (f"e:{email.strip().lower()}", f"a:{address}"):
+        for bucket in self._buckets(email, address):
             self._recent(bucket, now).append(now)
 
-    def succeeded(self, email: str) -> None:
-        self._failures.pop(f"e:{email.strip().lower()}", None)
+    def succeeded(self, email: str, address: str) -> None:
+        pair, _by_address, by_email = self._buckets(email, address)
+        self._failures.pop(pair, None)
+        self._failures.pop(by_email, None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,10 +61,6 @@ class IdempotencyClaim:
     request_hash: str
 
     @staticmethod
-    def is_valid_key(key: str) -> bool:
-        return 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS
-
-    @staticmethod
     def for_body(key: str, route: str, body: bytes) -> IdempotencyClaim:
         digest = hashlib.sha256(route.encode() + b"\0" + body).hexdigest()
         return IdempotencyClaim(key=key, route=route, request_hash=digest)
@@ -103,7 +99,9 @@ class TaskService:
                  on_task_created: Callable[[], None] = lambda: None,
                  on_task_finished: Callable[[Task], None] = lambda task: None,
                  create_path_of: Callable[[str], str | None] = lambda type_: None,
-                 metering: Metering | None = None) -> None:
+                 metering: Metering | None = None,
+                 on_remote_cancel: Callable[[Task], Awaitable[None]] | None = None,
+                 on_task_progress: Callable[[Task], None] = lambda task: None) -> None:
         self.db = db
         self.create_path_of = create_path_of
         self.metering = metering or Metering(db)
@@ -112,6 +110,9 @@ class TaskService:
         self.base_url = base_url
         self.on_task_created = on_task_created
         self.on_task_finished = on_task_finished
+        self.on_remote_cancel = on_remote_cancel
+        """Cancels a canceled task's job upstream (best effort, after the commit)."""
+        self.on_task_progress = on_task_progress
 
     def resolve_model(self, name: str, *, key: ApiKey | None = None, type_: str | None = None) -> ModelSpec:
         """The launched model ``name`` names, checked for this key, this route's type and an upstream."""
@@ -134,18 +135,12 @@ class TaskService:
                                 render: Callable[[Task], bytes] | None = None,
                                 status_code: int = 202, max_active_tasks: int | None = None,
                                 direct: DirectLease | None = None) -> CreateResult:
-        """Hold the price, insert the task and enqueue it, in one transaction; with ``direct`` the
-        task is inserted running under that lease instead of queued, for this process to run.
-
-        With an idempotency claim the first response is stored in the same transaction, before the
-        hold, so two concurrent requests with one key create one task: the loser's insert conflicts
-        (on PostgreSQL it waits for the winner's commit), it rolls back and replays the winner's
-        response, and it never touches the credits the winner holds."""
+        """The image kind's input and price, then :meth:`create_task`; with ``direct`` the task is
+        inserted running under that lease instead of queued, for this process to run."""
         spec = self.resolve_model(request.model, key=key, type_="image")
         if request.quality not in spec.pricing:
             raise InvalidParameter(f"quality must be one of {', '.join(spec.pricing)}", param="quality")
         price = credits_to_ucr(spec.price(request.quality)) * request.n  # µcr
-        now = now_ms()
         task_input: dict[str, Any] = {
             "prompt": request.prompt, "aspect_ratio": request.aspect_ratio, "quality": request.quality,
             "input_urls": list(request.input_urls),
@@ -156,9 +151,26 @@ class TaskService:
             task_input["options"] = request.options
         if request.input_files:
             task_input["input_files"] = [dict(f) for f in request.input_files]
+        return await self.create_task(account, key, spec, task_input, price, callback_url=request.callback_url,
+                                      idempotency=idempotency, render=render, status_code=status_code,
+                                      max_active_tasks=max_active_tasks, direct=direct)
+
+    async def create_task(self, account: Account, key: ApiKey | None, spec: ModelSpec, task_input: dict[str, Any],
+                          price: int, *, callback_url: str | None = None,
+                          idempotency: IdempotencyClaim | None = None,
+                          render: Callable[[Task], bytes] | None = None,
+                          status_code: int = 202, max_active_tasks: int | None = None,
+                          direct: DirectLease | None = None) -> CreateResult:
+        """Hold ``price`` (µcr), insert the task (of ``spec.type``) and enqueue it, in one transaction.
+
+        With an idempotency claim the first response is stored in the same transaction, before the
+        hold, so two concurrent requests with one key create one task: the loser's insert conflicts
+        (on PostgreSQL it waits for the winner's commit), it rolls back and replays the winner's
+        response, and it never touches the credits the winner holds."""
+        now = now_ms()
         task = Task(id=new_id("tsk", now), account_id=account.id, api_key_id=key.id if key else None,
                     model=spec.id, type=spec.type, status=TaskStatus.QUEUED, input=task_input, price=price,
-                    created_at=now, callback_url=request.callback_url)
+                    created_at=now, callback_url=callback_url)
         if direct is not None:
             task = dataclasses.replace(task, status=TaskStatus.RUNNING, node=direct.node, lease_token=direct.token,
                                        lease_expires_at=direct.expires_at, attempts=DIRECT_ATTEMPTS, started_at=now)
@@ -207,6 +219,10 @@ class TaskService:
         return CreateResult(task=task, replayed=True, replay_status=int(row["status_code"]),
                             replay_body=str(row["response_body"]).encode())
 
+    async def unfinished_counts(self) -> dict[str, int]:
+        async with self.db.uow(write=False) as uow:
+            return await uow.tasks.count_unfinished()
+
     async def get_task(self, account_id: str, task_id: str) -> Task:
         return await read_account_task(self.db, account_id, task_id)
 
@@ -235,6 +251,8 @@ class TaskService:
                 raise TaskNotCancelable(f"task {task_id} has already ended")
             await uow.commit()
         self.on_task_finished(finished)
+        if task.remote_job is not None and self.on_remote_cancel is not None:
+            await self.on_remote_cancel(task)
         return finished
 
     async def complete_task(self, task: Task, lease_token: str, output: dict[str, Any], *,
@@ -257,6 +275,33 @@ class TaskService:
             current = await uow.tasks.get(task.id) if moved else None
             await uow.commit()
         return current
+
+    async def lease_remote_jobs(self, *, node: str, token: str, limit: int, lease_ms: int,
+                                models: Sequence[str] | None = None) -> list[Task]:
+        """Due remote jobs for the poller, each leased under ``token`` until ``lease_ms`` from now."""
+        async with self.db.uow() as uow:
+            leased = await uow.remote_jobs.lease_due(node=node, token=token, limit=limit, now=now_ms(),
+                                                     lease_ms=lease_ms, models=models)
+            await uow.commit()
+        return leased
+
+    async def reschedule_remote_job(self, task: Task, token: str, *, poll_at: int,
+                                    progress: int | None) -> Task | None:
+        """The job is still running upstream: look again at ``poll_at``. A progress that moved
+        is saved and announced (an SSE ``running`` event). None if the lease was lost."""
+        moved = progress is not None and progress != task.progress
+        async with self.db.uow() as uow:
+            kept = await uow.remote_jobs.reschedule(task.id, token=token, poll_at=poll_at,
+                                                    progress=progress if moved else None)
+            if kept and moved:
+                await uow.notify(TASK_EVENTS_CHANNEL, f"running {task.id}")
+            await uow.commit()
+        if not kept:
+            return None
+        if moved:
+            task.progress = progress
+            self.on_task_progress(task)
+        return task
 
     async def fail_task(self, task: Task, code: str, message: str, *, lease_token: str | None,
                         from_statuses: Sequence[TaskStatus] = (TaskStatus.RUNNING,)) -> Task | None:

@@ -21,6 +21,8 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from apiinone.domain.catalog import ModelSpec, RouteSpec
+from apiinone.telemetry.metrics import observe_attempt
+from apiinone.telemetry.tracing import NOOP_TRACER, Tracer
 from apiinone.upstreams.base import Adapter, RouteTarget, UpstreamError, UpstreamUnavailableError
 from apiinone.upstreams.breaker import Admission, BreakerBoard
 from apiinone.upstreams.registry import AdapterRegistry
@@ -69,8 +71,9 @@ class RouteDefaults:
 class RoutePool:
     def __init__(self, adapters: AdapterRegistry, breakers: BreakerBoard, *, attempts: int = 3,
                  backoff_s: float = 0.5, defaults: RouteDefaults | None = None, key_refusal_s: float = 600.0,
-                 environ: Callable[[str], str | None] = os.environ.get) -> None:
+                 environ: Callable[[str], str | None] = os.environ.get, tracer: Tracer = NOOP_TRACER) -> None:
         self.adapters = adapters
+        self.tracer = tracer
         self.breakers = breakers
         self.attempts = max(1, attempts)
         self.backoff_s = backoff_s
@@ -88,7 +91,9 @@ class RoutePool:
         cached = self._resolved.get((spec.id, route))
         if cached is not None:
             return cached
-        if route.api_key_env:
+        if route.keys:
+            raw = ",".join(route.keys)
+        elif route.api_key_env:
             raw = self.environ(route.api_key_env) or ""
         else:
             raw = self.defaults.keys.get(route.provider) or ""
@@ -115,9 +120,10 @@ class RoutePool:
         return tuple(k for k in route.keys if k not in refused)
 
     def is_configured(self, route: ResolvedRoute) -> bool:
-        """It has an adapter, and a key that was not refused (or needs none)."""
+        """It has an adapter that can run here (an offline one may need a program installed: its
+        ``installed`` is false without it), and a key that was not refused (or needs none)."""
         adapter = self.adapters.get(route.provider)
-        if adapter is None:
+        if adapter is None or not getattr(adapter, "installed", True):
             return False
         return not getattr(adapter, "needs_key", True) or bool(self.usable_keys(route))
 
@@ -175,6 +181,13 @@ class RoutePool:
         ``fn`` must raise :class:`UpstreamError` for upstream failures; anything else propagates
         at once. A streaming caller makes ``fn`` return once the first output has arrived, so that
         failover happens only before any output reached its client."""
+        with self.tracer.span("route", {"apiinone.model": spec.id}) as span:
+            routed = await self._call(spec, fn)
+            span.set_attribute("apiinone.route", routed.route)
+            span.set_attribute("apiinone.attempts", routed.attempts)
+            return routed
+
+    async def _call(self, spec: ModelSpec, fn: Callable[[Any, RouteTarget], Awaitable[T]]) -> Routed[T]:
         order = self.order([r for r in self.routes(spec) if self.is_configured(r)])
         visits: dict[str, int] = {}
         denied: set[str] = set()
@@ -204,9 +217,13 @@ class RoutePool:
             attempts += 1
             started = time.perf_counter()
             try:
-                value = await fn(adapter, target)
+                with self.tracer.span("upstream.call", {"apiinone.model": spec.id, "apiinone.route": route.name,
+                                                        "apiinone.provider": route.provider}):
+                    value = await fn(adapter, target)
             except UpstreamError as exc:
                 exc.message = target.redact(exc.message)
+                outcome = "key_refused" if exc.key_refused else "retryable" if exc.retryable else "refused"
+                observe_attempt(spec.id, route.name, outcome, time.perf_counter() - started)
                 if exc.key_refused:
                     self._refuse_key(route, key)
                     attempts -= 1  # the key, not the route or the request, failed: try the next key
@@ -222,7 +239,9 @@ class RoutePool:
                 log.warning("upstream_attempt_failed", model=spec.id, route=route.name, attempt=attempts,
                             of=self.attempts, error=exc.message[:200])
                 continue
-            latency_ms = int((time.perf_counter() - started) * 1000)
+            elapsed = time.perf_counter() - started
+            observe_attempt(spec.id, route.name, "success", elapsed)
+            latency_ms = int(elapsed * 1000)
             await self.breakers.record_success(spec.id, route.name, latency_ms)
             return Routed(value=value, route=route.name, attempts=attempts, latency_ms=latency_ms)
         if last is not None:

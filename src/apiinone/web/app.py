@@ -14,17 +14,19 @@ from starlette.responses import Response
 
 from apiinone import __version__
 from apiinone.bootstrap import Container, build_container
-from apiinone.config import Settings
+from apiinone.config import Settings, load_settings
+from apiinone.db.outage import is_database_outage
 from apiinone.errors import ApiError, InternalError, InvalidParameter, NotFound, ServiceUnavailable
+from apiinone.telemetry.tracing import Tracer
 from apiinone.web.responses import error_response, json_response
 
 log = structlog.get_logger(__name__)
 
 
 def create_app(settings: Settings | None = None, *, embedded_worker: bool = True,
-               migrate: bool | None = None) -> FastAPI:
-    settings = settings or Settings()
-    container = build_container(settings)
+               migrate: bool | None = None, tracer: Tracer | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    container = build_container(settings, tracer=tracer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,28 +51,41 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
         docs_url=None, redoc_url=None,  # /docs: web/routes/reference.py, from vendored assets
     )
     app.state.container = container
+    if container.tracer is not None and container.tracer.enabled:
+        from apiinone.telemetry.tracing import TracingMiddleware
+
+        app.add_middleware(TracingMiddleware, tracer=container.tracer)
     app.state.on_start = []
     app.state.on_stop = []
     _install_error_handlers(app)
 
-    from apiinone.web.routes import admin_api, api, deliveries, ops, reference
+    from apiinone.web.routes import admin_api, api, deliveries, media, ops, reference
 
     app.include_router(api.router)
+    app.include_router(media.router)
     app.include_router(ops.router)
     app.include_router(deliveries.router)
     app.include_router(admin_api.router)
     app.include_router(reference.router)
-    from apiinone.web.routes import chat, events, openai_compat
+    from apiinone.web.routes import anthropic_messages, chat, events, openai_compat
 
     app.include_router(events.router)
+    app.include_router(anthropic_messages.router)
     app.include_router(chat.openai_router)  # before openai_compat: its routes are more general
     app.include_router(openai_compat.router)
     app.include_router(chat.router)
     app.include_router(chat.console_router)
+    from apiinone.web.routes import speech
+
+    app.include_router(speech.api_router)
+    app.include_router(speech.compat_router)
 
     from apiinone.web.routes import pages
 
     pages.install(app)  # console, admin and model pages, /static
+    from apiinone.web import openapi
+
+    openapi.install(app)
     return app
 
 
@@ -97,12 +112,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             return error_response(NotFound("no such route"))
         if exc.status_code == 405:
-            return json_response({"error": {"code": "method_not_allowed", "message": "method not allowed"}}, 405)
-        return json_response({"error": {"code": "http_error", "message": str(exc.detail)}}, exc.status_code)
+            return json_response({"error": {"code": "method_not_allowed", "message": "method not allowed",
+                                            "param": None}}, 405, headers=dict(exc.headers or {}))
+        return json_response({"error": {"code": "http_error", "message": str(exc.detail), "param": None}},
+                             exc.status_code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        if _is_database_outage(exc):
+        if is_database_outage(exc):
             log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
             return error_response(ServiceUnavailable("the database is unavailable; retry shortly"))
         log.exception("unhandled_error", path=request.url.path)
@@ -115,25 +132,3 @@ def _install_error_handlers(app: FastAPI) -> None:
     # would see connection resets instead of a clean 503.
     for database_error in (DBAPIError, EmulatedDBAPIException, ConnectionError, TimeoutError):
         app.add_exception_handler(database_error, _unexpected)
-
-
-def _is_database_outage(exc: Exception) -> bool:
-    """Connection-level failures, also those a pool connect raises unwrapped while PostgreSQL starts
-    or stops (SQLSTATE class 08 connection exception, 57P0x shutdown / cannot connect now)."""
-    import socket
-
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
-    cause: BaseException | None = exc
-    for _ in range(5):  # the error itself and a few of its causes
-        if cause is None:
-            return False
-        # not every OSError: a disk error reading an image is no database outage
-        if isinstance(cause, (OperationalError, InterfaceError, ConnectionError, socket.gaierror)):
-            return True
-        if isinstance(cause, DBAPIError) and cause.connection_invalidated:
-            return True
-        if str(getattr(cause, "sqlstate", None) or "").startswith(("08", "57P")):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False

@@ -6,10 +6,10 @@ import os
 
 from fastapi import FastAPI
 
-from apiinone.config import Settings
+from apiinone.config import load_settings
 from apiinone.web.app import create_app
 
 
 def app_from_env() -> FastAPI:
     embedded = os.environ.get("APIINONE_EMBEDDED_WORKER", "1") == "1"
-    return create_app(Settings(), embedded_worker=embedded, migrate=False)
+    return create_app(load_settings(), embedded_worker=embedded, migrate=False)

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from apiinone.errors import ApiError, RateLimited
+from apiinone.errors import ApiError, RateLimited, Unauthorized
 
 
 class JsonResponse(Response):
@@ -23,6 +23,15 @@ def json_response(content: Any, status_code: int = 200, headers: dict[str, str] 
     return JsonResponse(content, status_code=status_code, headers=headers)
 
 
+def error_headers(error: ApiError) -> dict[str, str]:
+    """``Retry-After`` on a 429; ``WWW-Authenticate: Bearer`` on a 401 (RFC 6750) so clients know
+    which credentials to send."""
+    if isinstance(error, RateLimited):
+        return {"Retry-After": str(error.retry_after)}
+    if isinstance(error, Unauthorized):
+        return {"WWW-Authenticate": 'Bearer realm="apiinone"'}
+    return {}
+
+
 def error_response(error: ApiError) -> JsonResponse:
-    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, RateLimited) else None
-    return JsonResponse(error.to_body(), status_code=error.status, headers=headers)
+    return JsonResponse(error.to_body(), status_code=error.status, headers=error_headers(error))

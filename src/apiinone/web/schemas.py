@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 from starlette.requests import Request
 
 from apiinone.domain.tasks import MAX_INPUT_URLS, MAX_PROMPT_CHARS
 from apiinone.errors import InvalidJson, InvalidParameter, PayloadTooLarge
+from apiinone.params import CONTROL_CHARACTERS_MESSAGE, ascii_int, has_control_characters
 
 MAX_JSON_BYTES = 1024 * 1024
 
@@ -32,13 +33,59 @@ class ImageGenerationBody(BaseModel):
         value = value.strip()
         if not 1 <= len(value) <= MAX_PROMPT_CHARS:
             raise ValueError(f"prompt must be 1 to {MAX_PROMPT_CHARS} characters after trimming")
+        if has_control_characters(value):
+            raise ValueError(CONTROL_CHARACTERS_MESSAGE)
         return value
+
+
+def _trimmed_prompt(value: str) -> str:
+    value = value.strip()
+    if not 1 <= len(value) <= MAX_PROMPT_CHARS:
+        raise ValueError(f"prompt must be 1 to {MAX_PROMPT_CHARS} characters after trimming")
+    return value
+
+
+Prompt = Annotated[str, AfterValidator(_trimmed_prompt)]
+
+
+class VideoGenerationBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    prompt: Prompt
+    duration_s: Annotated[int, Field(ge=1, le=3600)] | None = None
+    aspect_ratio: Literal["16:9", "9:16", "1:1"] = "16:9"
+    resolution: Annotated[str, StringConstraints(min_length=1, max_length=20)] | None = None
+    input_urls: Annotated[list[Url], Field(min_length=1, max_length=1)] | None = None
+    callback_url: Url | None = None
+
+
+
+class AudioGenerationBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    prompt: Prompt
+    duration_s: Annotated[int, Field(ge=1, le=3600)] | None = None
+    lyrics: Annotated[str, StringConstraints(max_length=5000)] | None = None
+    instrumental: bool = False
+    callback_url: Url | None = None
+
 
 
 _FRIENDLY = {
     "aspect_ratio": "aspect_ratio must be one of 1:1, 2:3, 3:2",
     "quality": "quality must be one of medium, high",
     "input_urls": f"input_urls must be a list of 1 to {MAX_INPUT_URLS} URL strings",
+    "duration_s": "duration_s must be a whole number of seconds",
+    "lyrics": "lyrics must be a string of at most 5000 characters",
+    "instrumental": "instrumental must be true or false",
+    "resolution": "resolution must be a string such as 720p",
+}
+_FRIENDLY_BY_BODY: dict[str, dict[str, str]] = {
+    "VideoGenerationBody": {"aspect_ratio": "aspect_ratio must be one of 16:9, 9:16, 1:1",
+                            "input_urls": "input_urls must be a list of exactly 1 image URL (the first frame)"},
+    "AudioGenerationBody": {},
 }
 
 M = TypeVar("M", bound=BaseModel)
@@ -47,8 +94,8 @@ M = TypeVar("M", bound=BaseModel)
 async def read_json_body(request: Request, limit: int = MAX_JSON_BYTES) -> bytes:
     """The raw body, refused with 413 as soon as it is known to exceed ``limit``: by its declared
     Content-Length before reading, or while streaming a chunked body, never after buffering it all."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    declared = ascii_int(request.headers.get("content-length", ""))
+    if declared is not None and declared > limit:
         raise PayloadTooLarge(f"JSON bodies are limited to {limit} bytes")
     chunks: list[bytes] = []
     size = 0
@@ -72,10 +119,10 @@ def parse_json_body(raw: bytes, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise invalid_parameter_from(exc) from exc
+        raise invalid_parameter_from(exc, _FRIENDLY_BY_BODY.get(model.__name__)) from exc
 
 
-def invalid_parameter_from(exc: ValidationError) -> InvalidParameter:
+def invalid_parameter_from(exc: ValidationError, friendly: dict[str, str] | None = None) -> InvalidParameter:
     err = exc.errors(include_url=False)[0]
     loc = [str(p) for p in err["loc"]]
     param = loc[0] if loc else None
@@ -83,6 +130,8 @@ def invalid_parameter_from(exc: ValidationError) -> InvalidParameter:
         return InvalidParameter(f"unknown field {param!r}", param=param)
     if err["type"] == "missing":
         return InvalidParameter(f"{param} is required", param=param)
+    if friendly and param in friendly:
+        return InvalidParameter(friendly[param], param=param)
     if param in _FRIENDLY:
         return InvalidParameter(_FRIENDLY[param], param=param)
     message = str(err["msg"]).removeprefix("Value error, ")

@@ -32,6 +32,7 @@ from apiinone.services.events import notify_payloads
 from apiinone.services.tasks import TaskService
 from apiinone.storage.base import Storage
 from apiinone.upstreams.pool import RoutePool
+from apiinone.worker.remote_jobs import RemoteJobPoller
 from apiinone.worker.wakeup import Wakeup
 
 log = structlog.get_logger(__name__)
@@ -63,7 +64,7 @@ class TaskWorker:
                  options: WorkerOptions, *, files_base_url: Callable[[], str], wakeup: Wakeup | None = None,
                  on_task_started: Callable[[Task], None] = lambda task: None,
                  on_task_images: Callable[[str, Mapping[str, GeneratedImage]], None] = lambda task_id, images: None,
-                 ) -> None:
+                 remote_jobs: RemoteJobPoller | None = None) -> None:
         self.db = db
         self.tasks = tasks
         self.catalog_source = catalog_source
@@ -82,6 +83,8 @@ class TaskWorker:
         self._running_models: dict[str, str] = {}
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        self.remote_jobs = remote_jobs
+        """Follows the jobs this worker's tasks deferred upstream; started and stopped with it."""
 
     @property
     def running_count(self) -> int:
@@ -91,6 +94,8 @@ class TaskWorker:
         await self._heartbeat_once()
         self._loops = [asyncio.create_task(self._lease_loop(), name="lease-loop"),
                        asyncio.create_task(self._heartbeat_loop(), name="heartbeat-loop")]
+        if self.remote_jobs is not None:
+            await self.remote_jobs.start()
 
     async def stop(self) -> None:
         """Stop leasing, give running tasks ``drain_s`` to finish, hand the rest back to the queue.
@@ -99,6 +104,8 @@ class TaskWorker:
         a database call can leave its pooled connection unusable."""
         self._stopping.set()
         self.wakeup.set()
+        if self.remote_jobs is not None:
+            await self.remote_jobs.stop()
         if self._loops:
             await asyncio.wait(self._loops, timeout=10)
         if self._running:
@@ -231,7 +238,12 @@ class TaskWorker:
             await self.tasks.fail_task(task, exc.code, exc.message, lease_token=token)
             return
         if isinstance(outcome, Deferred):
+            if self.remote_jobs is not None:  # the first look comes no later than the poller's longest interval
+                cap_ms = int(self.remote_jobs.options.max_interval_s * 1000)
+                outcome = Deferred(outcome.remote_job, outcome.route, min(outcome.poll_after_ms, cap_ms))
             deferred = await self.tasks.defer_task(task, token, outcome)
+            if deferred is not None and self.remote_jobs is not None and outcome.poll_after_ms <= 0:
+                self.remote_jobs.wakeup.set()
             log.info("task_deferred", task_id=task.id, model=task.model, route=outcome.route,
                      deferred=deferred is not None, ms=now_ms() - started)
             return

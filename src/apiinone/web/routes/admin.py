@@ -97,7 +97,7 @@ async def _set_disabled(request: Request, account_id: str, disabled: bool) -> Re
     if account_id == admin.id:
         return await _users_page(page, status=400, error="error.cannot_disable_self")
     try:
-        await services_of(request).queries.set_disabled(account_id, disabled)
+        await services_of(request).queries.set_disabled(account_id, disabled, actor=admin.id)
     except NotFound:
         return await _users_page(page, status=404, error="error.not_found")
     page.container.keys.invalidate()  # cached keys of the account must stop (or start) working now
@@ -194,7 +194,7 @@ async def _models_page(page: Page, *, status: int = 200, error: str | None = Non
     for spec in base.models.values():
         effective = container.catalog.models.get(spec.id, spec)
         rows.append({"spec": spec, "effective": effective, "overridden": spec.id in overrides,
-                     "available": container.pool.is_available(spec),
+                     "available": container.pool.is_available(effective),
                      "file_pricing": ", ".join(f"{q} {p}" for q, p in spec.pricing.items())})
     return render(page, "admin/models.html", status=status, section="admin", tab="models", rows=rows,
                   error=page.t(error) if error else None)
@@ -208,7 +208,7 @@ async def models(request: Request) -> Response:
 
 @router.post("/models/{model_id}")
 async def save_model(request: Request, model_id: str) -> Response:
-    page, _admin = await admin_page(request)
+    page, admin = await admin_page(request)
     form = await checked_form(page)
     container = page.container
     base = container.base_catalog or container.catalog
@@ -227,7 +227,8 @@ async def save_model(request: Request, model_id: str) -> Response:
         pricing[quality] = price // UCR_PER_CREDIT
     queries = services_of(request).queries
     try:
-        await queries.set_model_override(base, model_id, enabled=form.get("enabled") == "on", pricing=pricing)
+        await queries.set_model_override(base, model_id, enabled=form.get("enabled") == "on", pricing=pricing,
+                                         actor=admin.id)
     except InvalidParameter:
         return await _models_page(page, status=400, error="error.price_invalid")
     await container.refresh_model_overrides()

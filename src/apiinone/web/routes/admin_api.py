@@ -15,6 +15,7 @@ from starlette.responses import Response
 from apiinone.domain.tasks import iso
 from apiinone.errors import Forbidden
 from apiinone.ids import now_ms
+from apiinone.web import openapi
 from apiinone.web.deps import authenticate, container_of
 from apiinone.web.responses import json_response
 
@@ -33,7 +34,8 @@ def node_health(node: dict[str, Any], now: int, default_interval_ms: int) -> str
     return "down" if now - int(node["heartbeat_at"]) > MISSED_HEARTBEATS_FOR_DOWN * interval else "up"
 
 
-@router.get("/nodes", summary="Worker nodes and their health (admin only)")
+@router.get("/nodes", summary="Worker nodes and their health (admin only)",
+            responses=openapi.ok(openapi.page_of("Node")))
 async def list_nodes(request: Request) -> Response:
     _key, account = await authenticate(request)
     if not account.is_admin:
@@ -57,7 +59,8 @@ async def list_nodes(request: Request) -> Response:
     return json_response({"data": data, "next_cursor": None})
 
 
-@router.get("/routes", summary="Upstream routes: configuration, breaker state and counters (admin only)")
+@router.get("/routes", summary="Upstream routes: configuration, breaker state and counters (admin only)",
+            responses=openapi.ok(openapi.page_of("UpstreamRoute")))
 async def list_routes(request: Request) -> Response:
     _key, account = await authenticate(request)
     if not account.is_admin:

@@ -8,6 +8,7 @@ page with the reason.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator
@@ -24,11 +25,13 @@ from apiinone.domain.catalog import ModelSpec
 from apiinone.domain.credits import LedgerKind, format_credits_text, parse_credit_amount
 from apiinone.domain.tasks import ASPECT_RATIOS, TaskStatus, iso
 from apiinone.errors import ApiError, Forbidden, InvalidParameter, NotFound, RateLimited, Unauthorized
-from apiinone.ids import now_ms
+from apiinone.ids import is_task_id, now_ms
+from apiinone.params import ascii_int
 from apiinone.services.accounts import normalize_email
 from apiinone.services.billing import OrderStateConflict, RedemptionFailed
 from apiinone.services.sessions import SESSION_COOKIE
 from apiinone.services.webhooks import DeliveryService
+from apiinone.web import model_pages
 from apiinone.web.deps import base_url_of
 from apiinone.web.routes.admin_api import node_health
 from apiinone.web.routes.pages import (
@@ -66,17 +69,29 @@ async def home() -> Response:
     return RedirectResponse("/models", status_code=303)
 
 
+def _signup_closed(page: Page) -> Response | None:
+    """``APIINONE_SIGNUP=closed``: accounts come from admins and the CLI; the page says so."""
+    if page.container.settings.signup == "closed":
+        return render(page, "error.html", status=403, title_key="auth.signup_closed.title",
+                      body_key="auth.signup_closed.body")
+    return None
+
+
 @router.get("/signup")
 async def signup_form(request: Request) -> Response:
     page = await load_page(request)
     if page.account is not None:
         return redirect(page, "/console")
+    if (closed := _signup_closed(page)) is not None:
+        return closed
     return render(page, "auth.html", mode="signup", email="", next_url="/console")
 
 
 @router.post("/signup")
 async def signup(request: Request) -> Response:
     page = await load_page(request)
+    if (closed := _signup_closed(page)) is not None:
+        return closed
     form = await checked_form(page)
     email, password = form_text(form, "email", 320), form_text(form, "password", 1000)
     error = None
@@ -121,11 +136,13 @@ async def login(request: Request) -> Response:
                       error=page.t(key))
 
     try:
-        services.throttle.check(email, address)
+        delay_s = services.throttle.check(email, address)
     except RateLimited as exc:
         response = refuse("error.too_many_logins", 429)
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
+    if delay_s:  # this email is being guessed from many addresses: slow down, never lock the owner out
+        await asyncio.sleep(delay_s)
     try:
         account = await page.container.accounts.authenticate_password(email, password)
     except Unauthorized:
@@ -133,7 +150,7 @@ async def login(request: Request) -> Response:
         return refuse("error.login_failed", 401)
     except Forbidden:
         return refuse("error.account_disabled", 403)
-    services.throttle.succeeded(email)
+    services.throttle.succeeded(email, address)
     return await _start_session(page, account, next_url)
 
 
@@ -173,8 +190,12 @@ async def overview(request: Request) -> Response:
 
 
 def _thumbnail(output: dict[str, Any] | None) -> str | None:
+    """The picture for a task's row: its first image, or a video's thumbnail."""
     images = (output or {}).get("images") or []
-    return str(images[0]["url"]) if images else None
+    if images:
+        return str(images[0]["url"])
+    thumbnail = (output or {}).get("thumbnail")
+    return str(thumbnail["url"]) if isinstance(thumbnail, dict) and thumbnail.get("url") else None
 
 
 # --- API keys -------------------------------------------------------------------------------
@@ -243,6 +264,8 @@ async def tasks_page(request: Request) -> Response:
         status = None
     model = q.get("model") or None
     cursor = q.get("cursor") or None
+    if cursor is not None and not is_task_id(cursor):  # a page shows the first page rather than an error
+        cursor = None
     tasks, next_cursor = await page.container.tasks.list_tasks(account.id, limit=TASKS_PAGE, cursor=cursor,
                                                                status=status, model=model)
     models = sorted(m.id for m in page.container.catalog.models.values())
@@ -310,7 +333,7 @@ async def _billing_page(page: Page, account: Account, *, status: int = 200, erro
     if kind not in {k.value for k in LedgerKind}:
         kind = ""
     cursor = q.get("cursor") or ""
-    before = int(cursor) if cursor.isdigit() else None
+    before = ascii_int(cursor) if cursor else None
     services = services_of(page.request)
     async with page.container.db.uow(write=False) as uow:
         credits = await uow.accounts.credits(account.id)
@@ -428,12 +451,12 @@ async def change_password(request: Request) -> Response:
     new = form_text(form, "new_password", 1000)
     if len(new) < 8:
         return await _settings_page(page, account, status=400, error="error.password_short")
+    assert page.session is not None
     try:
-        await page.container.accounts.change_password(account.id, form_text(form, "current_password", 1000), new)
+        await page.container.accounts.change_password(account.id, form_text(form, "current_password", 1000), new,
+                                                      keep_session_hash=page.session.id_hash)
     except InvalidParameter:
         return await _settings_page(page, account, status=400, error="error.current_password_wrong")
-    assert page.session is not None
-    await services_of(request).sessions.destroy_all(account.id, except_hash=page.session.id_hash)
     return redirect(page, "/console/settings", done="password_changed")
 
 
@@ -473,21 +496,12 @@ def _parameters(container: Container, spec: ModelSpec, page: Page) -> list[dict[
     return rows
 
 
-def curl_example(spec: ModelSpec, base_url: str) -> str:
-    body = {"model": spec.aliases[0] if spec.aliases else spec.id, "prompt": EXAMPLE_PROMPT,
-            "quality": "medium" if "medium" in spec.pricing else next(iter(spec.pricing)), "aspect_ratio": "1:1"}
-    pretty = orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()
-    return (f"curl -X POST {base_url}/api/v1/images/generations \\\n"
-            '  -H "Authorization: Bearer aio_your_api_key" \\\n'
-            '  -H "Content-Type: application/json" \\\n'
-            f"  --data-raw '{pretty}'")
-
-
 @router.get("/models")
 async def models_page(request: Request) -> Response:
     page = await load_page(request)
     container = page.container
-    models = [(m, container.pool.is_available(m)) for m in container.catalog.launched()]
+    models = [(m, container.pool.is_available(m), model_pages.price_summary(m, page.t))
+              for m in container.catalog.launched()]
     return render(page, "models/list.html", section="models", models=models)
 
 
@@ -522,7 +536,9 @@ async def model_page(request: Request, model_id: str) -> Response:
                            for f in spec.faq],
                       same_endpoint=same_endpoint, credits=credits,
                       **chat_page_context(spec, base_url_of(request)))
-    base_price = min(spec.pricing.values())
+    kind = container.kinds.get(spec.type)
+    create_path = kind.create_path if kind is not None else "/api/v1/models"
+    speech_formats = container.speech.formats(spec) if spec.type == "speech" else None
     return render(page, "models/detail.html", section="models", spec=spec,
                   available=available,
                   description=spec.text("description", page.lang) or "",
@@ -530,10 +546,18 @@ async def model_page(request: Request, model_id: str) -> Response:
                   use_cases=spec.text("use_cases", page.lang) or [],
                   faq=[{"q": _lang_text(f.get("q", {}), page.lang), "a": _lang_text(f.get("a", {}), page.lang)}
                        for f in spec.faq],
-                  parameters=_parameters(container, spec, page), curl=curl_example(spec, base_url_of(request)),
+                  parameters=_parameters(container, spec, page),
+                  curl=model_pages.curl_example(spec, base_url_of(request), create_path, EXAMPLE_PROMPT,
+                                               speech_formats),
                   same_endpoint=same_endpoint, related=related, nodes=nodes, credits=credits,
-                  base_price=base_price, aspect_ratios=ASPECT_RATIOS,
-                  pricing_json=orjson.dumps(spec.pricing).decode())
+                  base_price=model_pages.base_price_ucr(spec), aspect_ratios=ASPECT_RATIOS,
+                  pricing_json=orjson.dumps(spec.pricing).decode(),
+                  pricing_ucr_json=model_pages.pricing_ucr_json(spec), create_path=create_path,
+                  price_rows=model_pages.price_rows(spec, page.t), facts=model_pages.facts(spec, speech_formats),
+                  speech_examples=model_pages.speech_price_examples(spec) if spec.type == "speech" else [],
+                  playground=spec.type if spec.type in model_pages.PLAYGROUNDS else None,
+                  billing_key=model_pages.BILLING_KEYS.get(spec.type, "model.billing_value"),
+                  queued=kind is None or kind.queued)
 
 
 def _lang_text(texts: dict[str, str], lang: str) -> str:

@@ -19,6 +19,7 @@ from apiinone.web.deps import base_url_of, container_of
 from apiinone.web.responses import json_response
 from apiinone.web.routes.api import check_user_urls
 from apiinone.web.routes.pages import services_of
+from apiinone.web.routes.speech import speak_for, speech_request_from
 from apiinone.web.schemas import ImageGenerationBody, parse_json_body, read_json_body
 
 router = APIRouter(prefix="/console/api", include_in_schema=False)
@@ -56,6 +57,17 @@ async def create_task(request: Request) -> Response:
         max_active_tasks=container.rate_limits.max_active_tasks(account),
     )
     return json_response(result.task.to_public(base_url_of(request)), 202)
+
+
+@router.post("/audio/speech")
+async def create_speech(request: Request) -> Response:
+    """The speech playground: exactly ``POST /api/v1/audio/speech`` (same validation, hold and
+    capture), billed to the session's account; the answer is the audio bytes."""
+    account = await _session_for_write(request)
+    container = container_of(request)
+    await container.rate_limits.check(None, account)
+    speech = speech_request_from(await read_json_body(request))
+    return await speak_for(request, account, None, speech)
 
 
 @router.get("/tasks/{task_id}")

@@ -49,6 +49,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from apiinone.bootstrap import Container
+from apiinone.db.outage import is_database_outage
 from apiinone.domain.accounts import Account, ApiKey
 from apiinone.domain.tasks import MAX_INPUT_URLS, MAX_PROMPT_CHARS, Task, TaskStatus
 from apiinone.errors import (
@@ -62,6 +63,7 @@ from apiinone.errors import (
     ModelUnavailable,
     PayloadTooLarge,
     RateLimited,
+    ServiceUnavailable,
     TaskNotCancelable,
     Unauthorized,
 )
@@ -70,9 +72,18 @@ from apiinone.kinds.base import RunContext, TaskFailure
 from apiinone.kinds.image import KIND as IMAGE_KIND
 from apiinone.kinds.image.job import GeneratedImage
 from apiinone.net.fetch import DEFAULT_MAX_PIXELS, sniff_image_type
+from apiinone.params import (
+    CONTROL_CHARACTERS_MESSAGE,
+    IntegerOutOfRange,
+    NotAnInteger,
+    ascii_int,
+    has_control_characters,
+    parse_int,
+)
 from apiinone.services.tasks import CreateResult, IdempotencyClaim, ImageTaskRequest
 from apiinone.storage import new_image_key
-from apiinone.web.deps import authenticate, container_of
+from apiinone.web import openapi
+from apiinone.web.deps import authenticate, container_of, idempotency_key
 from apiinone.web.responses import JsonResponse
 from apiinone.web.schemas import read_json_body
 
@@ -120,6 +131,7 @@ def openai_error_for(exc: ApiError) -> JsonResponse:
         code = exc.openai_code
     elif isinstance(exc, Unauthorized):
         code = "invalid_api_key"
+        headers["WWW-Authenticate"] = 'Bearer realm="apiinone"'
     elif isinstance(exc, InsufficientCredits):
         status, type_, code = 429, "insufficient_quota", "insufficient_quota"
         headers["x-should-retry"] = "false"
@@ -142,7 +154,10 @@ class OpenAIErrorsRoute(APIRoute):
                 return await handler(request)
             except ApiError as exc:
                 return openai_error_for(exc)
-            except Exception:
+            except Exception as exc:
+                if is_database_outage(exc):  # as on /api/v1: a 503 the SDK retries, not a 500
+                    log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
+                    return openai_error_for(ServiceUnavailable("the database is unavailable; retry shortly"))
                 log.exception("unhandled_error", path=request.url.path)
                 return openai_error_for(InternalError())
 
@@ -185,16 +200,15 @@ def _choice(fields: Mapping[str, object], name: str, allowed: tuple[str, ...] | 
 
 
 def _integer(fields: Mapping[str, object], name: str, default: int, low: int, high: int) -> int:
-    value = fields.get(name, default)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():  # multipart fields are text
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
+    """A JSON number or a multipart text field, read by the one strict parser, in OpenAI's words."""
+    try:
+        return parse_int(fields.get(name, default), name, low=low, high=high)
+    except NotAnInteger as exc:
         raise OpenAIInvalidRequest(f"Invalid type for '{name}': expected an integer.", param=name,
-                                   openai_code="invalid_type")
-    if not low <= value <= high:
-        raise OpenAIInvalidRequest(f"Invalid '{name}': expected a value from {low} to {high}, got {value}.",
-                                   param=name, openai_code="integer_out_of_range")
-    return value
+                                   openai_code="invalid_type") from exc
+    except IntegerOutOfRange as exc:
+        raise OpenAIInvalidRequest(f"Invalid '{name}': expected a value from {low} to {high}.",
+                                   param=name, openai_code="integer_out_of_range") from exc
 
 
 def parse_image_params(fields: Mapping[str, object], allowed: frozenset[str]) -> ImageParams:
@@ -215,6 +229,8 @@ def parse_image_params(fields: Mapping[str, object], allowed: frozenset[str]) ->
     if not 1 <= len(prompt) <= MAX_PROMPT_CHARS:
         raise OpenAIInvalidRequest(f"Invalid 'prompt': expected 1 to {MAX_PROMPT_CHARS} characters.",
                                    param="prompt", openai_code="string_above_max_length" if prompt else "empty_string")
+    if has_control_characters(prompt):
+        raise OpenAIInvalidRequest(f"Invalid 'prompt': it {CONTROL_CHARACTERS_MESSAGE}.", param="prompt")
     if fields.get("stream") not in (None, False, "false"):
         raise OpenAIInvalidRequest("Streaming image generation is not supported by this server.", param="stream")
     if fields.get("partial_images") not in (None, 0, "0"):
@@ -252,18 +268,37 @@ def parse_image_params(fields: Mapping[str, object], allowed: frozenset[str]) ->
 
 
 def _idempotency_claim(request: Request, route: str, fingerprint: bytes) -> IdempotencyClaim | None:
-    key = request.headers.get("idempotency-key")
-    if key is None:
-        return None
-    if not IdempotencyClaim.is_valid_key(key):
-        raise OpenAIInvalidRequest("Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key")
-    return IdempotencyClaim.for_body(key, route, fingerprint)
+    try:
+        key = idempotency_key(request)
+    except InvalidParameter as exc:
+        raise OpenAIInvalidRequest(exc.message, param="Idempotency-Key") from exc
+    return None if key is None else IdempotencyClaim.for_body(key, route, fingerprint)
 
 
 # ------------------------------------------------------------------------------------------ routes
 
 
-@router.post("/images/generations", summary="Create images (OpenAI Images API, synchronous)")
+_IMAGE_FIELDS: dict[str, Any] = {
+    "model": {"type": "string", "examples": ["local-typeset"]},
+    "prompt": {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS},
+    "n": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGES}, "size": {"enum": list(SIZES)},
+    "quality": {"enum": list(QUALITY_TIERS)}, "response_format": {"enum": list(RESPONSE_FORMATS)},
+    "output_format": {"enum": list(OUTPUT_FORMATS)},
+    "output_compression": {"type": "integer", "minimum": 0, "maximum": 100},
+    "background": {"enum": list(BACKGROUNDS)}, "user": {"type": "string", "maxLength": MAX_USER_CHARS},
+    "stream": {"type": "boolean"}, "partial_images": {"type": "integer"},
+}
+_IMAGE_ERRORS = openapi.errors(409, 502, 504)
+_IDEMPOTENCY_HEADER = openapi.header("Idempotency-Key", {"type": "string", "minLength": 1, "maxLength": 255},
+                                     "Retry-safe: the same key and body answer the same images, charged once")
+
+
+@router.post("/images/generations", summary="Create images (OpenAI Images API, synchronous)",
+             responses={**openapi.ok(openapi.ref("OpenAIImages")), **_IMAGE_ERRORS},
+             openapi_extra={"parameters": [_IDEMPOTENCY_HEADER], "requestBody": {"required": True, "content": {
+                 "application/json": {"schema": {
+                     "type": "object", "required": ["model", "prompt"], "additionalProperties": False,
+                     "properties": {**_IMAGE_FIELDS, "moderation": {"enum": ["low", "auto"]}}}}}}})
 async def create_images(request: Request) -> Response:
     key, account = await authenticate(request)
     container = container_of(request)
@@ -284,7 +319,14 @@ async def create_images(request: Request) -> Response:
     return await _run_direct(request, container, params, claim, result.task, key.prefix)
 
 
-@router.post("/images/edits", summary="Edit images (OpenAI Images API, multipart, synchronous)")
+@router.post("/images/edits", summary="Edit images (OpenAI Images API, multipart, synchronous)",
+             responses={**openapi.ok(openapi.ref("OpenAIImages")), **_IMAGE_ERRORS},
+             openapi_extra={"parameters": [_IDEMPOTENCY_HEADER], "requestBody": {"required": True, "content": {
+                 "multipart/form-data": {"schema": {
+                     "type": "object", "required": ["model", "prompt", "image"],
+                     "properties": {**_IMAGE_FIELDS, "input_fidelity": {"enum": ["low", "high"]},
+                                    "image": {"type": "string", "format": "binary"},
+                                    "mask": {"type": "string", "format": "binary"}}}}}}})
 async def edit_images(request: Request) -> Response:
     key, account = await authenticate(request)
     container = container_of(request)
@@ -309,7 +351,11 @@ async def edit_images(request: Request) -> Response:
     try:  # stored before the task exists, so a worker never leases a task whose inputs are missing
         for upload in [*images, *masks]:
             storage_key = f"inputs/{new_image_key(upload.content_type)}"
-            await container.storage.put(storage_key, upload.data, upload.content_type)
+            try:
+                await container.storage.put(storage_key, upload.data, upload.content_type)
+            except OSError as exc:  # disk full or storage down: nothing accepted, nothing charged
+                log.warning("upload_store_failed", error=type(exc).__name__, errno=exc.errno)
+                raise ServiceUnavailable("the uploaded images could not be stored; retry shortly") from exc
             stored.append({"key": storage_key, "content_type": upload.content_type,
                            "role": "mask" if upload.field == "mask" else "image"})
         result = await _create(container, key, account, params, claim, input_files=tuple(stored))
@@ -322,7 +368,9 @@ async def edit_images(request: Request) -> Response:
     return await _run_direct(request, container, params, claim, result.task, key.prefix)
 
 
-@router.get("/models", summary="Models this key can call (OpenAI list shape)")
+@router.get("/models", summary="Models this key can call (OpenAI list shape)", responses=openapi.ok({
+    "type": "object", "required": ["object", "data"],
+    "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": openapi.ref("OpenAIModel")}}}))
 async def list_models(request: Request) -> Response:
     await authenticate(request)
     container = container_of(request)
@@ -330,7 +378,8 @@ async def list_models(request: Request) -> Response:
     return JsonResponse({"object": "list", "data": data})
 
 
-@router.get("/models/{model_id:path}", summary="One model by id or alias (OpenAI shape)")
+@router.get("/models/{model_id:path}", summary="One model by id or alias (OpenAI shape)",
+            responses=openapi.ok(openapi.ref("OpenAIModel")))
 async def get_model(request: Request, model_id: str) -> Response:
     await authenticate(request)
     spec = container_of(request).catalog.resolve(model_id)
@@ -644,8 +693,8 @@ async def _read_multipart(request: Request) -> tuple[dict[str, str], list[_Uploa
     """Text fields and verified image uploads of a multipart body of at most 50 MB."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise OpenAIInvalidRequest("Invalid Content-Type header, expected multipart/form-data.", param=None)
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_MULTIPART_BYTES:
+    declared = ascii_int(request.headers.get("content-length", ""))
+    if declared is not None and declared > MAX_MULTIPART_BYTES:
         raise PayloadTooLarge(f"multipart bodies are limited to {MAX_MULTIPART_BYTES} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():

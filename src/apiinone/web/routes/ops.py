@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from apiinone.errors import NotFound, ServiceUnavailable
+from apiinone.storage.filesystem import validate_key
 from apiinone.storage.s3 import S3Storage
 from apiinone.web.deps import container_of
 from apiinone.web.responses import json_response
@@ -32,16 +33,30 @@ async def readyz(request: Request) -> Response:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+    from apiinone.telemetry.metrics import refresh_gauges
+
+    container = container_of(request)
+    states = {(spec.id, route.name): container.breakers.state(spec.id, route.name).value
+              for spec in container.catalog.models.values() for route in spec.effective_routes()}
+    try:
+        counts = await container.tasks.unfinished_counts()
+    except Exception:  # the database is down: the process's own series still answer
+        counts = {}
+    refresh_gauges(states, counts.get("queued", 0), counts.get("running", 0))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/files/{key:path}", include_in_schema=False)
 async def get_file(request: Request, key: str) -> Response:
     """Images are public by unguessable key: 192 random bits, immutable, cacheable forever."""
-    if not _KEY.match(key) or ".." in key:
+    try:  # any key the storage would refuse (absolute, dot segments, sidecars) is simply unknown
+        validate_key(key)
+    except ValueError:
+        raise NotFound("file not found") from None
+    if not _KEY.match(key):
         raise NotFound("file not found")
     storage = container_of(request).storage
     if isinstance(storage, S3Storage) and storage.presign_s > 0:  # the bytes come straight from the bucket

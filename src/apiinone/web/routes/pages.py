@@ -44,10 +44,12 @@ log = structlog.get_logger(__name__)
 
 PRE_SESSION_COOKIE = "aio_pre"
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-# Pages load only their own script and styles; images may come from object storage or a CDN.
+# Pages load only their own script and styles; images, audio and video may come from object storage
+# or a CDN, and the speech playground plays the audio it received from a blob: URL.
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: https: http:; script-src 'self'; "
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: https: http:; "
+                               "media-src 'self' blob: https: http:; script-src 'self'; "
                                "style-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'self'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
@@ -220,7 +222,7 @@ def render(page: Page, template: str, *, status: int = 200, section: str = "", *
         "_": page.t, "lang": page.lang, "account": page.account, "csrf_token": page.csrf_token,
         "path": request.url.path, "lang_links": _lang_links(request), "section": section,
         "notice": notice, "error": values.pop("error", None), "ago": _ago(page.t),
-        "base_url": base_url_of(request),
+        "base_url": base_url_of(request), "signup_open": page.container.settings.signup == "open",
     }
     context.update(values)
     html = environment().get_template(template).render(context)
@@ -271,11 +273,13 @@ async def error_page(request: Request, status: int, title_key: str, body_key: st
 
 def install(app: FastAPI) -> None:
     """Mount the console, admin and model pages, their static files and their error pages."""
-    from apiinone.web.routes import admin, console, console_api
+    from apiinone.web.routes import admin, admin_usage, console, console_api, console_usage
 
     app.include_router(console.router)
     app.include_router(console_api.router)
     app.include_router(admin.router)
+    app.include_router(console_usage.router)
+    app.include_router(admin_usage.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     async def login_required(request: Request, _exc: Exception) -> Response:

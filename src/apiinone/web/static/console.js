@@ -128,8 +128,100 @@
     });
   }
 
+  // Credit amounts are integers of micro-credits (1 credit = 1,000,000) shown as exact decimals.
+  function creditsText(ucr) {
+    var whole = Math.floor(ucr / 1000000), fraction = ucr % 1000000;
+    if (!fraction) return String(whole);
+    return (whole + "." + String(fraction).padStart(6, "0")).replace(/0+$/, "");
+  }
+
+  function setupSpeechPlayground(form) {
+    var perMchar = JSON.parse(form.getAttribute("data-pricing-ucr")).per_mchar || 0;
+    var priceOut = document.getElementById("speech-price");
+    var statusBox = document.getElementById("speech-status");
+    var result = document.getElementById("speech-result");
+    var available = document.getElementById("speech-available");
+    var submit = form.querySelector("button[type=submit]");
+    var msg = function (name) { return form.getAttribute("data-msg-" + name) || name; };
+    var lastUrl = null;
+
+    function characters() { return Array.from(form.elements.input.value).length; }  // code points, as billed
+
+    function showPrice() {
+      var chars = characters();
+      var cost = Math.ceil(chars * perMchar / 1000000);
+      priceOut.textContent = form.getAttribute("data-price-template").replace("{chars}", chars)
+        .replace("{credits}", creditsText(cost)).replace("{usd}", "$" + (cost / 100000000).toFixed(2));
+    }
+    form.elements.input.addEventListener("input", showPrice);
+    showPrice();
+
+    function status(text, busy) {
+      statusBox.textContent = text;
+      statusBox.classList.toggle("busy", !!busy);
+    }
+
+    function refreshAvailable() {
+      if (!available) return;
+      fetch("/console/api/account", { credentials: "same-origin" })
+        .then(function (r) { return r.json(); })
+        .then(function (account) {
+          available.textContent = form.getAttribute("data-available-template").replace("{n}", account.credits.available);
+        });
+    }
+
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var body = {
+        model: form.getAttribute("data-model"),
+        input: form.elements.input.value,
+        voice: form.elements.voice.value,
+        response_format: form.elements.response_format.value,
+        speed: parseFloat(form.elements.speed.value || "1")
+      };
+      submit.disabled = true;
+      result.textContent = "";
+      status(msg("submitting"), true);
+      fetch("/console/api/audio/speech", {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": form.getAttribute("data-csrf") },
+        body: JSON.stringify(body)
+      })
+        .then(function (r) {
+          if (!r.ok) {
+            return r.json().then(function (data) {
+              throw new Error(data.error ? data.error.message : "HTTP " + r.status);
+            });
+          }
+          var charged = r.headers.get("X-Credits-Charged") || "0";
+          return r.blob().then(function (blob) { return { blob: blob, charged: charged }; });
+        })
+        .then(function (answer) {
+          submit.disabled = false;
+          status(msg("succeeded") + " · " + form.getAttribute("data-charged-template").replace("{credits}", answer.charged), false);
+          if (lastUrl) URL.revokeObjectURL(lastUrl);
+          lastUrl = URL.createObjectURL(answer.blob);
+          var audio = document.createElement("audio");
+          audio.controls = true;
+          audio.src = lastUrl;
+          audio.setAttribute("data-testid", "playground-audio");
+          result.appendChild(audio);
+          var link = document.createElement("a");
+          link.href = lastUrl;
+          link.download = "speech." + body.response_format;
+          link.textContent = msg("download") + " (" + answer.blob.type + ", " + answer.blob.size + " B)";
+          link.setAttribute("data-testid", "playground-download");
+          result.appendChild(link);
+          refreshAvailable();
+        })
+        .catch(function (err) { status(msg("error") + " " + err.message, false); submit.disabled = false; });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     var form = document.getElementById("playground-form");
     if (form) setupPlayground(form);
+    var speech = document.getElementById("speech-playground");
+    if (speech) setupSpeechPlayground(speech);
   });
 })();

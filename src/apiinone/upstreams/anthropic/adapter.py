@@ -1,0 +1,166 @@
+"""Anthropic's Messages API as a :class:`~apiinone.kinds.chat.job.ChatAdapter`.
+
+``base_url`` is the API origin without ``/v1``, as in Anthropic's SDKs
+(``https://api.anthropic.com``, the default when a route sets none); a base URL that already ends
+in ``/v1`` is accepted as it is. Calls ``POST {base_url}/v1/messages`` with ``x-api-key`` and
+``anthropic-version`` (route option ``anthropic_version``, default 2023-06-01; option
+``anthropic_beta`` is sent as ``anthropic-beta``).
+
+Failure classification (``error_from_response``, the one place for this protocol):
+
+* 401 / 403 (``authentication_error``, ``permission_error``) → key refused; the upstream message is
+  not echoed
+* 400 whose message says the credit balance is too low → that key's account has no money: key refused
+* 429 ``rate_limit_error``, 500 ``api_error``, 529 ``overloaded_error``, other 5xx, 408/409,
+  connection errors and timeouts → retryable (``retry-after`` passed on; ``x-should-retry`` obeyed)
+* other 4xx (``invalid_request_error``, ``not_found_error``, ``request_too_large``) → refused
+* an ``error`` event inside a stream → retryable when overloaded / api / rate limit; after the
+  first chunk it ends the stream (the caller charges what was produced)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from apiinone.kinds.chat.canonical import ChatTranslationError
+from apiinone.kinds.chat.job import ChatChunk, ChatCompletion, ChatRequest
+from apiinone.upstreams.anthropic.translate import (
+    StreamTranslator,
+    completion_from,
+    messages_request,
+    parse_event_data,
+)
+from apiinone.upstreams.base import (
+    RouteTarget,
+    UpstreamError,
+    UpstreamTimeoutError,
+    error_for_status,
+    retry_after_seconds,
+)
+from apiinone.upstreams.sse import read_events
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+DEFAULT_VERSION = "2023-06-01"
+
+
+class AnthropicAdapter:
+    """One client and connection pool for every route and key of the ``anthropic`` provider;
+    one attempt per call (retries and failover are the route pool's)."""
+
+    provider = "anthropic"
+    needs_key = True
+
+    def __init__(self, *, timeout_s: float = 120.0, transport: httpx.AsyncBaseTransport | None = None,
+                 max_connections: int = 200) -> None:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._client = httpx.AsyncClient(
+            transport=transport or httpx.AsyncHTTPTransport(limits=limits),
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0)),
+            headers={"User-Agent": "apiinone"}, follow_redirects=False, trust_env=False)
+
+    def __repr__(self) -> str:
+        return "AnthropicAdapter()"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # ----------------------------------------------------------------------------------- calls
+
+    async def chat(self, target: RouteTarget, request: ChatRequest) -> ChatCompletion:
+        http_request = self._request(target, request, stream=False)
+        try:
+            response = await self._client.send(http_request)
+        except httpx.HTTPError as exc:
+            raise transport_error(target, exc) from None
+        if response.status_code != 200:
+            raise error_from_response(target, response)
+        try:
+            payload = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("upstream returned a body that is not JSON", retryable=True) from None
+        if not isinstance(payload, dict):
+            raise UpstreamError("upstream returned an unexpected JSON body", retryable=True)
+        return completion_from(payload)
+
+    async def chat_stream(self, target: RouteTarget, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        http_request = self._request(target, request, stream=True)
+        try:
+            response = await self._client.send(http_request, stream=True)
+        except httpx.HTTPError as exc:
+            raise transport_error(target, exc) from None
+        try:
+            if response.status_code != 200:
+                await response.aread()
+                raise error_from_response(target, response)
+            translator = StreamTranslator(target.upstream_model)
+            try:
+                async for event in read_events(response.aiter_lines()):
+                    for chunk in translator.feed(event.event, parse_event_data(event.data)):
+                        yield chunk
+                    if translator.finished:
+                        return
+            except httpx.HTTPError as exc:
+                raise transport_error(target, exc) from None
+            raise UpstreamError("upstream stream ended before message_stop", retryable=True)
+        finally:
+            await response.aclose()
+
+    def _request(self, target: RouteTarget, request: ChatRequest, *, stream: bool) -> httpx.Request:
+        try:
+            body = messages_request(request, target.upstream_model, stream=stream)
+        except ChatTranslationError as exc:
+            raise UpstreamError(f"the request cannot be sent to Anthropic: {exc.message}") from None
+        headers = {"content-type": "application/json",
+                   "anthropic-version": str(target.options.get("anthropic_version") or DEFAULT_VERSION)}
+        if target.api_key:
+            headers["x-api-key"] = target.api_key
+        if target.options.get("anthropic_beta"):
+            headers["anthropic-beta"] = str(target.options["anthropic_beta"])
+        if stream:
+            headers["accept"] = "text/event-stream"
+        return self._client.build_request("POST", messages_url(target.base_url), content=orjson.dumps(body),
+                                          headers=headers, timeout=target.timeout_s)
+
+
+def messages_url(base_url: str) -> str:
+    base = (base_url or DEFAULT_BASE_URL).rstrip("/")
+    return f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
+
+
+def transport_error(target: RouteTarget, exc: httpx.HTTPError) -> UpstreamError:
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeoutError(f"no answer within {target.timeout_s:g} s ({type(exc).__name__})")
+    return UpstreamError(target.redact(f"could not reach upstream ({type(exc).__name__}: {exc})"), retryable=True)
+
+
+def error_from_response(target: RouteTarget, response: httpx.Response) -> UpstreamError:
+    """Classify a non-200 answer of the Messages API (see the module docstring)."""
+    status = response.status_code
+    error = _error_object(response)
+    error_type = str(error.get("type") or "")
+    message = target.redact(str(error.get("message") or "").strip()[:500]) or f"HTTP {status}"
+    if status in (401, 403):
+        return error_for_status(status, message)
+    if status == 400 and "credit balance" in message.lower():
+        return UpstreamError(f"upstream rejected the request: {message}", status=status, key_refused=True)
+    if error_type == "overloaded_error":
+        return UpstreamError(f"HTTP {status}: {message}", retryable=True, status=status,
+                             retry_after_s=retry_after_seconds(response.headers.get("retry-after")))
+    return error_for_status(status, f"{error_type}: {message}" if error_type else message,
+                            retry_after_s=retry_after_seconds(response.headers.get("retry-after")),
+                            should_retry=response.headers.get("x-should-retry"))
+
+
+def _error_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return {"message": response.text.strip()[:500]}
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error: dict[str, Any] = body["error"]
+        return error
+    return {}

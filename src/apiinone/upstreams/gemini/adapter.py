@@ -1,0 +1,164 @@
+"""The Gemini API as a :class:`~apiinone.kinds.chat.job.ChatAdapter`.
+
+``base_url`` is the API origin (``https://generativelanguage.googleapis.com``, the default when a
+route sets none); calls go to ``{base_url}/{version}/models/{model}:generateContent`` and
+``:streamGenerateContent?alt=sse``, ``version`` being route option ``api_version`` (default
+``v1beta``; a base URL that already ends in ``/v1beta`` or ``/v1`` is used as it is). The key goes
+in ``x-goog-api-key``, never in the URL.
+
+Failure classification (``error_from_response``, the one place for this protocol):
+
+* 401 / 403 ``PERMISSION_DENIED`` / ``UNAUTHENTICATED``, and 400 with reason ``API_KEY_INVALID``
+  (how Gemini answers a bad key) → key refused
+* 429 ``RESOURCE_EXHAUSTED``, 500 ``INTERNAL``, 503 ``UNAVAILABLE``, 504 ``DEADLINE_EXCEEDED``,
+  connection errors and timeouts → retryable
+* other 4xx (400 ``INVALID_ARGUMENT`` / ``FAILED_PRECONDITION``, 404 ``NOT_FOUND``) → refused
+* a prompt blocked by safety filters → :class:`ContentPolicyError` (refused)
+* a stream that stops without a finish reason, or an error object inside the stream → retryable
+  before the first chunk; after it, the stream ends with the error (charged as produced)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+from apiinone.kinds.chat.canonical import ChatTranslationError
+from apiinone.kinds.chat.job import ChatChunk, ChatCompletion, ChatRequest
+from apiinone.upstreams.base import (
+    RouteTarget,
+    UpstreamError,
+    UpstreamTimeoutError,
+    error_for_status,
+    retry_after_seconds,
+)
+from apiinone.upstreams.gemini.translate import StreamTranslator, completion_from, generate_request
+from apiinone.upstreams.sse import read_events
+
+DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+DEFAULT_VERSION = "v1beta"
+_KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "API_KEY_HTTP_REFERRER_BLOCKED"})
+
+
+class GeminiAdapter:
+    """One client and connection pool for every route and key of the ``gemini`` provider."""
+
+    provider = "gemini"
+    needs_key = True
+
+    def __init__(self, *, timeout_s: float = 120.0, transport: httpx.AsyncBaseTransport | None = None,
+                 max_connections: int = 200) -> None:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._client = httpx.AsyncClient(
+            transport=transport or httpx.AsyncHTTPTransport(limits=limits),
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0)),
+            headers={"User-Agent": "apiinone"}, follow_redirects=False, trust_env=False)
+
+    def __repr__(self) -> str:
+        return "GeminiAdapter()"
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def chat(self, target: RouteTarget, request: ChatRequest) -> ChatCompletion:
+        http_request = self._request(target, request, stream=False)
+        try:
+            response = await self._client.send(http_request)
+        except httpx.HTTPError as exc:
+            raise transport_error(target, exc) from None
+        if response.status_code != 200:
+            raise error_from_response(target, response)
+        return completion_from(_json_object(response.content), target.upstream_model)
+
+    async def chat_stream(self, target: RouteTarget, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        http_request = self._request(target, request, stream=True)
+        try:
+            response = await self._client.send(http_request, stream=True)
+        except httpx.HTTPError as exc:
+            raise transport_error(target, exc) from None
+        try:
+            if response.status_code != 200:
+                await response.aread()
+                raise error_from_response(target, response)
+            translator = StreamTranslator(target.upstream_model)
+            try:
+                async for event in read_events(response.aiter_lines()):
+                    for chunk in translator.feed(_json_object(event.data.encode())):
+                        yield chunk
+            except httpx.HTTPError as exc:
+                raise transport_error(target, exc) from None
+            for chunk in translator.end():
+                yield chunk
+        finally:
+            await response.aclose()
+
+    def _request(self, target: RouteTarget, request: ChatRequest, *, stream: bool) -> httpx.Request:
+        try:
+            body = generate_request(request)
+        except ChatTranslationError as exc:
+            raise UpstreamError(f"the request cannot be sent to Gemini: {exc.message}") from None
+        headers = {"content-type": "application/json"}
+        if target.api_key:
+            headers["x-goog-api-key"] = target.api_key
+        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        url = f"{models_url(target.base_url, target.options.get('api_version'))}/" \
+              f"{quote(target.upstream_model, safe='-._')}:{method}"
+        return self._client.build_request("POST", url, content=orjson.dumps(body), headers=headers,
+                                          timeout=target.timeout_s)
+
+
+def models_url(base_url: str, version: Any = None) -> str:
+    base = (base_url or DEFAULT_BASE_URL).rstrip("/")
+    if base.endswith(("/v1beta", "/v1", "/v1alpha")):
+        return f"{base}/models"
+    return f"{base}/{version or DEFAULT_VERSION}/models"
+
+
+def _json_object(content: bytes) -> dict[str, Any]:
+    try:
+        payload = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("upstream returned a body that is not JSON", retryable=True) from None
+    if not isinstance(payload, dict):
+        raise UpstreamError("upstream returned an unexpected JSON body", retryable=True)
+    return payload
+
+
+def transport_error(target: RouteTarget, exc: httpx.HTTPError) -> UpstreamError:
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeoutError(f"no answer within {target.timeout_s:g} s ({type(exc).__name__})")
+    return UpstreamError(target.redact(f"could not reach upstream ({type(exc).__name__}: {exc})"), retryable=True)
+
+
+def error_from_response(target: RouteTarget, response: httpx.Response) -> UpstreamError:
+    """Classify a non-200 answer of the Gemini API (see the module docstring)."""
+    status = response.status_code
+    error = _error_object(response)
+    grpc_status = str(error.get("status") or "")
+    message = target.redact(str(error.get("message") or "").strip()[:500]) or f"HTTP {status}"
+    reasons = {str(d.get("reason")) for d in error.get("details") or [] if isinstance(d, dict)}
+    if status in (401, 403) or grpc_status in ("UNAUTHENTICATED", "PERMISSION_DENIED") or reasons & _KEY_REASONS:
+        return UpstreamError(f"upstream refused the API key (HTTP {status} {grpc_status})".strip(),
+                             key_refused=True, status=status)
+    if grpc_status in ("RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED"):
+        return UpstreamError(f"HTTP {status} {grpc_status}: {message}", retryable=True, status=status,
+                             retry_after_s=retry_after_seconds(response.headers.get("retry-after")))
+    return error_for_status(status, f"{grpc_status}: {message}" if grpc_status else message,
+                            retry_after_s=retry_after_seconds(response.headers.get("retry-after")))
+
+
+def _error_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return {"message": response.text.strip()[:500]}
+    if isinstance(body, list) and body and isinstance(body[0], dict):  # some proxies wrap it in a list
+        body = body[0]
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error: dict[str, Any] = body["error"]
+        return error
+    return {}
