@@ -70,6 +70,101 @@ def ttft_ms(client: httpx.Client, url: str, auth: str, model: str, n: int) -> li
     return samples
 
 
+def stream_timings(client: httpx.Client, url: str, auth: str, model: str, n: int) -> list[tuple[float, float, int]]:
+    """(time to first content delta, time from it to the last event, content events after the first)
+    in ms for ``n`` sequential streams: the second over the third is the time per chunk."""
+    body = {**BODY, "model": model, "stream": True}
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        with client.stream("POST", url, json=body, headers={"Authorization": auth}) as response:
+            response.raise_for_status()
+            first = last = None
+            later = 0
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                now = time.perf_counter()
+                if first is None:
+                    if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
+                        first = now
+                else:
+                    later += 1
+                    last = now
+            if first is not None and last is not None and later:
+                samples.append(((first - started) * 1000, (last - first) * 1000, later))
+    return samples
+
+
+def chat_rows(rows: dict[str, dict[str, object]], *, seconds: float, connections: int, streams: int,
+              database_url: str | None, workdir: Path) -> None:
+    """The chat rows of ``bench/run.py``: non-streamed req/s at ``connections`` clients and, for
+    streams, added time to first token and per-chunk overhead, each beside the fake called directly."""
+    with ExitStack() as stack:
+        fake = start_fake_chat(workdir)
+        stack.callback(fake.stop)
+        env = _chat_env(workdir, fake, database_url)
+        key = bench.cli(env, "admin", "create-key", bench.EMAIL, "--name", "chat-bench")
+        server = bench.start_server(env, workdir, "apiinone-chat", [])
+        stack.callback(server.stop)
+        auth = f"Bearer {key}"
+        direct = bench.wrk(fake.port, "/v1/chat/completions", connections=connections, seconds=seconds,
+                           server_pid=fake.pid, workdir=workdir, method="POST", auth="Bearer sk-bench-chat",
+                           body={**BODY, "model": "gpt-4o-mini"})
+        ours = bench.wrk(server.port, "/v1/chat/completions", connections=connections, seconds=seconds,
+                         server_pid=server.pid, workdir=workdir, method="POST", auth=auth, body=BODY)
+        rows["chat"] = {"status": "ok", "connections": connections, "apiinone": ours.to_json(),
+                        "upstream_direct": direct.to_json(),
+                        "ratio_to_direct": round(ours.rps / direct.rps, 3) if direct.rps else None}
+        with httpx.Client(timeout=30, trust_env=False) as client:
+            ours_url = f"http://127.0.0.1:{server.port}/v1/chat/completions"
+            fake_url = f"http://127.0.0.1:{fake.port}/v1/chat/completions"
+            stream_timings(client, ours_url, auth, MODEL, 5)  # warm up
+            d = stream_timings(client, fake_url, "Bearer sk-bench-chat", "gpt-4o-mini", streams)
+            o = stream_timings(client, ours_url, auth, MODEL, streams)
+        if not d or not o:
+            rows["chat_stream"] = {"status": "failed", "note": "no stream delivered a content delta"}
+            return
+
+        def per_chunk(samples: list[tuple[float, float, int]]) -> float:
+            return statistics.median(rest / chunks for _, rest, chunks in samples)
+
+        ttft_d, ttft_o = summary([s[0] for s in d]), summary([s[0] for s in o])
+        rows["chat_stream"] = {
+            "status": "ok", "streams": len(o), "apiinone_ttft": ttft_o, "upstream_direct_ttft": ttft_d,
+            "added_ttft_p50_ms": round(ttft_o["p50_ms"] - ttft_d["p50_ms"], 3),
+            "apiinone_per_chunk_ms": round(per_chunk(o), 4), "upstream_direct_per_chunk_ms": round(per_chunk(d), 4),
+            "added_per_chunk_ms": round(per_chunk(o) - per_chunk(d), 4),
+            "chunks_per_stream": o[0][2],
+        }
+
+
+def _chat_env(workdir: Path, fake: bench.Service, database_url: str | None) -> dict[str, str]:
+    models = workdir / "chat-models.toml"
+    models.write_text(MODELS_TOML.format(model=MODEL, port=fake.port))
+    env = bench.server_env(workdir / "data", database_url, fake)
+    env.update({"APIINONE_MODELS_FILE": str(models), "BENCH_CHAT_KEY": "sk-bench-chat"})
+    return env
+
+
+MODELS_TOML = """
+[[models]]
+id = "{model}"
+name = "Bench chat"
+type = "chat"
+provider = "openai"
+upstream_model = "gpt-4o-mini"
+pricing = {{ input_per_mtok = 15, output_per_mtok = 60 }}
+max_output_tokens = 1024
+
+[[models.routes]]
+name = "fake"
+provider = "openai"
+base_url = "http://127.0.0.1:{port}/v1"
+api_key_env = "BENCH_CHAT_KEY"
+"""
+
+
 def summary(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     return {"p50_ms": round(statistics.median(ordered), 2), "p90_ms": round(ordered[int(len(ordered) * 0.9)], 2),

@@ -30,6 +30,7 @@ from apiinone.sealing import SecretBox
 from apiinone.services.accounts import AccountService, ApiKeyAuthenticator
 from apiinone.services.billing import BillingService, packs_from_setting
 from apiinone.services.console import ConsoleQueries
+from apiinone.services.direct import DirectTasks
 from apiinone.services.events import TaskEvents
 from apiinone.services.metering import Metering
 from apiinone.services.routes import RouteRefresher, RouteService, RouteStatusService
@@ -81,6 +82,7 @@ class Container:
     keys: ApiKeyAuthenticator
     metering: Metering
     tasks: TaskService
+    direct: DirectTasks
     task_wakeup: Wakeup
     webhook_wakeup: Wakeup
     rate_limits: RateLimiter
@@ -124,6 +126,7 @@ class Container:
         """Start what this process runs in the background, in one place: cross-process signals,
         breaker sync, the model-override refresher, and optionally a task worker and webhook delivery."""
         await self.start_listeners()
+        self.background.append(asyncio.create_task(self.direct.keep_leases(), name="direct-leases"))
         if console:
             try:
                 await self.refresh_model_overrides()
@@ -144,6 +147,7 @@ class Container:
             self.delivery = None
         if self.worker is not None:
             await self.worker.stop()
+        await self.direct.drain()
         for task in self.background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -294,6 +298,7 @@ def build_container(settings: Settings, *, tracer: Tracer | None = None) -> Cont
         keys=ApiKeyAuthenticator(db, ttl_s=settings.key_cache_ttl_s),
         metering=Metering(db),
         tasks=None,  # type: ignore[arg-type]  # set just below: it needs the container's callbacks
+        direct=None,  # type: ignore[arg-type]  # set just below: it runs through the task service
         task_wakeup=task_wakeup, webhook_wakeup=webhook_wakeup, rate_limits=RateLimiter.from_settings(settings),
         # PostgreSQL NOTIFY reaches waiters from any process, so polling there is only a safety net
         task_events=TaskEvents(db, poll_s=settings.worker_poll_s if db.is_sqlite else max(5.0, settings.worker_poll_s)),
@@ -328,4 +333,6 @@ def build_container(settings: Settings, *, tracer: Tracer | None = None) -> Cont
         create_path_of=lambda type_: (kind.create_path if (kind := kinds.get(type_)) else None),
         on_remote_cancel=container.cancel_remote_job, on_task_progress=container.task_events.publish,
     )
+    container.direct = DirectTasks(db, container.tasks, node=settings.node_name or socket.gethostname(),
+                                   lease_s=settings.task_lease_s)
     return container

@@ -31,7 +31,7 @@ def test_short_benchmark_reports_every_row(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-4000:]
     report = json.loads(out.read_text())
     rows = report["rows"]
-    assert set(rows) >= {"startup", *LOAD_ROWS, *OPENAI_ROWS, "e2e"}
+    assert set(rows) >= {"startup", *LOAD_ROWS, *OPENAI_ROWS, "e2e", "chat", "chat_stream"}
     skipped = [name for name, row in rows.items() if isinstance(row, dict) and row.get("status") == "skipped"]
     assert not skipped, f"benchmark rows that did not run: {skipped}"
 
@@ -42,8 +42,17 @@ def test_short_benchmark_reports_every_row(tmp_path: Path) -> None:
             assert load["non2xx"] == 0 and load["socket_errors"] == 0, (name, side, load)
     for name in OPENAI_ROWS:
         row = rows[name]
+        assert row["status"] == "ok", row  # no skipped rows: this build has every route it measures
         for side in ("apiinone", "upstream_direct", "apiinone_1_client", "upstream_direct_1_client"):
             assert row[side]["ok"] > 0 and row[side]["non2xx"] == 0, (name, side, row[side])
+    chat = rows["chat"]
+    assert chat["status"] == "ok", chat
+    for side in ("apiinone", "upstream_direct"):
+        assert chat[side]["ok"] > 0 and chat[side]["non2xx"] == 0, (side, chat[side])
+    stream = rows["chat_stream"]
+    assert stream["status"] == "ok" and stream["streams"] > 0 and stream["chunks_per_stream"] > 0, stream
+    assert "| POST /v1/chat/completions" in report["table"]
+    assert all(row.get("status") in (None, "ok") for row in rows.values()), rows
 
     e2e = rows["e2e"]
     assert e2e["status"] == "ok" and e2e["created"] > 0 and e2e["succeeded"] >= e2e["created"], e2e

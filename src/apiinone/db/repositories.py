@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -264,8 +265,9 @@ class TaskRepository:
         await self.conn.execute(_INSERT_TASK, {
             "id": task.id, "account_id": task.account_id, "api_key_id": task.api_key_id, "type": task.type,
             "model": task.model, "status": task.status.value, "input": orjson.dumps(task.input).decode(),
-            "price": task.price, "charged": 0, "callback_url": task.callback_url, "attempts": 0, "run_after": 0,
-            "created_at": task.created_at,
+            "price": task.price, "charged": 0, "callback_url": task.callback_url, "attempts": task.attempts,
+            "run_after": 0, "created_at": task.created_at, "node": task.node, "lease_token": task.lease_token,
+            "lease_expires_at": task.lease_expires_at, "started_at": task.started_at,
         })
 
     async def get(self, task_id: str, account_id: str | None = None) -> Task | None:
@@ -306,15 +308,14 @@ class TaskRepository:
                      charged: int = 0, at: int, route: str | None = None) -> bool:
         """Move a task to a terminal status iff it is still in one of ``from_statuses`` (and, for a
         worker, still holds the lease): the compare-and-set that makes completion exactly-once."""
-        conds = [t.tasks.c.id == task_id, t.tasks.c.status.in_([s.value for s in from_statuses])]
+        params: dict[str, Any] = {"f_id": task_id, "f_from": [s.value for s in from_statuses],
+                                  "f_status": status.value, "f_output": _json(output), "f_error": _json(error),
+                                  "f_charged": charged, "f_at": at}
         if lease_token is not None:
-            conds.append(t.tasks.c.lease_token == lease_token)
-        values: dict[str, Any] = {"status": status.value, "output": _json(output), "error": _json(error),
-                                  "charged": charged, "finished_at": at, "lease_token": None,
-                                  "lease_expires_at": None, "poll_at": None}
+            params["f_token"] = lease_token
         if route is not None:
-            values["route"] = route
-        result = await self.conn.execute(update(t.tasks).where(and_(*conds)).values(**values))
+            params["f_route"] = route
+        result = await self.conn.execute(_finish_statement(lease_token is not None, route is not None), params)
         return result.rowcount == 1
 
     async def defer(self, task_id: str, *, lease_token: str, remote_job: Any, route: str, poll_at: int) -> bool:
@@ -354,3 +355,19 @@ class IdempotencyRepository:
     async def purge_older_than(self, cutoff_ms: int) -> int:
         result = await self.conn.execute(delete(t.idempotency_keys).where(t.idempotency_keys.c.created_at < cutoff_ms))
         return int(result.rowcount or 0)
+
+
+@functools.cache
+def _finish_statement(by_token: bool, with_route: bool) -> Any:
+    """The finish compare-and-set, built once per shape (values are bound per call)."""
+    c = t.tasks.c
+    conds = [c.id == bindparam("f_id"), c.status.in_(bindparam("f_from", expanding=True))]
+    if by_token:
+        conds.append(c.lease_token == bindparam("f_token"))
+    values: dict[str, Any] = {"status": bindparam("f_status"), "output": bindparam("f_output"),
+                              "error": bindparam("f_error"), "charged": bindparam("f_charged"),
+                              "finished_at": bindparam("f_at"), "lease_token": None, "lease_expires_at": None,
+                              "poll_at": None}
+    if with_route:
+        values["route"] = bindparam("f_route")
+    return update(t.tasks).where(and_(*conds)).values(**values)

@@ -34,6 +34,10 @@ ASPECT_RATIOS = ("1:1", "2:3", "3:2")
 QUALITIES = ("medium", "high")
 MAX_PROMPT_CHARS = 5000
 MAX_INPUT_URLS = 16
+DIRECT_ATTEMPTS = 1_000_000_000
+"""``attempts`` of a task an API process runs itself (a synchronous route's direct call). No
+worker ever leases it (it has no attempts left), and if the process dies its lease runs out and
+the workers' sweep of exhausted tasks ends it as ``timeout``, releasing its hold."""
 
 
 @dataclass(slots=True)

@@ -6,6 +6,7 @@ does, and a task ends iff its capture or release is written.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from apiinone.db.uow import SqlUnitOfWork
 from apiinone.domain.accounts import Account, ApiKey
 from apiinone.domain.catalog import Catalog, ModelSpec
 from apiinone.domain.credits import credits_to_ucr
-from apiinone.domain.tasks import ACTIVE_STATUSES, Task, TaskStatus
+from apiinone.domain.tasks import ACTIVE_STATUSES, DIRECT_ATTEMPTS, Task, TaskStatus
 from apiinone.errors import (
     Forbidden,
     IdempotencyConflict,
@@ -63,6 +64,16 @@ class IdempotencyClaim:
     def for_body(key: str, route: str, body: bytes) -> IdempotencyClaim:
         digest = hashlib.sha256(route.encode() + b"\0" + body).hexdigest()
         return IdempotencyClaim(key=key, route=route, request_hash=digest)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectLease:
+    """A task the API process runs itself: it is inserted ``running`` under this lease, which the
+    process renews while the call lasts (see ``services/direct.py``)."""
+
+    node: str
+    token: str
+    expires_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +133,10 @@ class TaskService:
     async def create_image_task(self, account: Account, key: ApiKey | None, request: ImageTaskRequest, *,
                                 idempotency: IdempotencyClaim | None = None,
                                 render: Callable[[Task], bytes] | None = None,
-                                status_code: int = 202, max_active_tasks: int | None = None) -> CreateResult:
+                                status_code: int = 202, max_active_tasks: int | None = None,
+                                direct: DirectLease | None = None) -> CreateResult:
+        """The image kind's input and price, then :meth:`create_task`; with ``direct`` the task is
+        inserted running under that lease instead of queued, for this process to run."""
         spec = self.resolve_model(request.model, key=key, type_="image")
         if request.quality not in spec.pricing:
             raise InvalidParameter(f"quality must be one of {', '.join(spec.pricing)}", param="quality")
@@ -139,13 +153,14 @@ class TaskService:
             task_input["input_files"] = [dict(f) for f in request.input_files]
         return await self.create_task(account, key, spec, task_input, price, callback_url=request.callback_url,
                                       idempotency=idempotency, render=render, status_code=status_code,
-                                      max_active_tasks=max_active_tasks)
+                                      max_active_tasks=max_active_tasks, direct=direct)
 
     async def create_task(self, account: Account, key: ApiKey | None, spec: ModelSpec, task_input: dict[str, Any],
                           price: int, *, callback_url: str | None = None,
                           idempotency: IdempotencyClaim | None = None,
                           render: Callable[[Task], bytes] | None = None,
-                          status_code: int = 202, max_active_tasks: int | None = None) -> CreateResult:
+                          status_code: int = 202, max_active_tasks: int | None = None,
+                          direct: DirectLease | None = None) -> CreateResult:
         """Hold ``price`` (µcr), insert the task (of ``spec.type``) and enqueue it, in one transaction.
 
         With an idempotency claim the first response is stored in the same transaction, before the
@@ -156,6 +171,9 @@ class TaskService:
         task = Task(id=new_id("tsk", now), account_id=account.id, api_key_id=key.id if key else None,
                     model=spec.id, type=spec.type, status=TaskStatus.QUEUED, input=task_input, price=price,
                     created_at=now, callback_url=callback_url)
+        if direct is not None:
+            task = dataclasses.replace(task, status=TaskStatus.RUNNING, node=direct.node, lease_token=direct.token,
+                                       lease_expires_at=direct.expires_at, attempts=DIRECT_ATTEMPTS, started_at=now)
         if idempotency is not None:
             replay = await self._replay(account.id, idempotency)
             if replay is not None:
@@ -174,7 +192,8 @@ class TaskService:
                 if max_active_tasks is not None and await uow.tasks.count_active(account.id) >= max_active_tasks:
                     raise RateLimited(f"this account already has {max_active_tasks} queued or running tasks")
                 await uow.tasks.add(task)
-                await uow.notify(TASKS_CHANNEL)
+                if direct is None:
+                    await uow.notify(TASKS_CHANNEL)
                 await uow.commit()
         except IntegrityError:
             if idempotency is None:
@@ -183,7 +202,8 @@ class TaskService:
             if replay is None:
                 raise
             return replay
-        self.on_task_created()
+        if direct is None:
+            self.on_task_created()
         return CreateResult(task=task)
 
     async def _replay(self, account_id: str, claim: IdempotencyClaim) -> CreateResult | None:
@@ -293,10 +313,20 @@ class TaskService:
             self.on_task_finished(finished)
         return finished
 
+    async def finish_in(self, uow: SqlUnitOfWork, task: Task, status: TaskStatus, *, output: dict[str, Any] | None,
+                        error: dict[str, str] | None, route: str | None, http_status: int,
+                        key_prefix: str | None = None) -> Task | None:
+        """End a direct task inside the caller's transaction (its group commit): the same
+        compare-and-set on the lease, money movement, request-log row and events as any finish."""
+        return await self._finish(uow, task, status, from_statuses=(TaskStatus.RUNNING,),
+                                  lease_token=task.lease_token, output=output, error=error, route=route,
+                                  http_status=http_status, direct=True, key_prefix=key_prefix)
+
     async def _finish(self, uow: SqlUnitOfWork, task: Task, status: TaskStatus, *,
                       from_statuses: Sequence[TaskStatus] | frozenset[TaskStatus],
                       lease_token: str | None = None, output: dict[str, Any] | None = None,
-                      error: dict[str, str] | None = None, route: str | None = None) -> Task | None:
+                      error: dict[str, str] | None = None, route: str | None = None,
+                      http_status: int = 202, direct: bool = False, key_prefix: str | None = None) -> Task | None:
         now = now_ms()
         charged = task.price if status is TaskStatus.SUCCEEDED else 0
         if not await uow.tasks.finish(task.id, status=status, from_statuses=list(from_statuses),
@@ -309,14 +339,19 @@ class TaskService:
         else:
             await self.metering.release(uow, account_id=task.account_id, api_key_id=task.api_key_id,
                                         held=task.price, task_id=task.id, at=now)
-        finished = await uow.tasks.get(task.id)
+        if direct:  # only this compare-and-set changes a direct task's row: no need to read it back
+            finished: Task | None = dataclasses.replace(
+                task, status=status, output=output, error=error, charged=charged, finished_at=now,
+                lease_token=None, lease_expires_at=None, route=route if route is not None else task.route)
+        else:
+            finished = await uow.tasks.get(task.id)
         assert finished is not None
-        # the create call was answered 202 with the task; latency runs from then to the end
+        # a queued create was answered 202 with the task; latency runs from then to the end
         await self.metering.record(
             uow, account_id=task.account_id, api_key_id=task.api_key_id, credits=charged, at=now,
-            record=RequestRecord(type=finished.type, model=finished.model, status=status.value, http_status=202,
-                                 route=finished.route, latency_ms=max(0, now - finished.created_at),
-                                 task_id=task.id))
+            key_prefix=key_prefix, record=RequestRecord(type=finished.type, model=finished.model, status=status.value,
+                                 http_status=http_status, route=finished.route,
+                                 latency_ms=max(0, now - finished.created_at), task_id=task.id))
         await uow.notify(TASK_EVENTS_CHANNEL, f"{status.value} {task.id}")  # waiters in other processes
         if finished.callback_url:
             await uow.webhooks.enqueue(

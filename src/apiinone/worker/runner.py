@@ -23,7 +23,7 @@ import structlog
 from apiinone.db.channels import TASK_EVENTS_CHANNEL, TASKS_CHANNEL
 from apiinone.db.database import Database
 from apiinone.domain.catalog import Catalog
-from apiinone.domain.tasks import Task, TaskStatus
+from apiinone.domain.tasks import DIRECT_ATTEMPTS, Task, TaskStatus
 from apiinone.ids import new_id, now_ms
 from apiinone.kinds import KindRegistry
 from apiinone.kinds.base import Deferred, RunContext, TaskFailure
@@ -189,8 +189,9 @@ class TaskWorker:
         async with self.db.uow(write=False) as uow:
             exhausted = await uow.queue.exhausted(now=now, max_attempts=self.options.max_attempts)
         for task in exhausted:
-            await self.tasks.fail_task(task, "timeout", "the task did not finish in time on any worker",
-                                       lease_token=task.lease_token)
+            message = ("the server process answering this request stopped before it answered"
+                       if task.attempts >= DIRECT_ATTEMPTS else "the task did not finish in time on any worker")
+            await self.tasks.fail_task(task, "timeout", message, lease_token=task.lease_token)
 
     async def _run_guarded(self, task: Task) -> None:
         me = asyncio.current_task()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 from apiinone.domain.catalog import ModelSpec
@@ -12,6 +14,7 @@ from apiinone.kinds.image.job import GeneratedImage, ImageGenerator, ImageJob, I
 from apiinone.net.fetch import InputFetchError, fetch_input_image
 from apiinone.storage import new_image_key
 from apiinone.upstreams.base import RouteTarget, UpstreamError
+from apiinone.upstreams.pool import Routed
 
 
 class ImageKind:
@@ -61,6 +64,17 @@ class ImageKind:
         )
 
     async def run(self, ctx: RunContext, task: Task) -> RunOutcome:
+        routed = await self.generate(ctx, task)
+        stored = self.plan_storage(ctx, routed.value)
+        await stored.put(ctx)
+        offer = ctx.hooks.get("images")
+        if offer is not None:
+            offer(task.id, stored.by_url)  # before the finish wakes a synchronous waiter in this process
+        return Finished(output=stored.output, route=routed.route)
+
+    async def generate(self, ctx: RunContext, task: Task) -> Routed[ImageResult]:
+        """Inputs fetched, then the upstream called over the model's routes (failover applies);
+        raises TaskFailure. Nothing is stored yet: a synchronous route answers in parallel with that."""
         try:
             inputs, mask = await fetch_inputs(ctx, task.input)
         except InputFetchError as exc:
@@ -71,27 +85,47 @@ class ImageKind:
             return await adapter.generate_images(target, job)
 
         try:
-            routed = await asyncio.wait_for(ctx.pool.call(ctx.spec, generate), ctx.timeout_s)
+            return await asyncio.wait_for(ctx.pool.call(ctx.spec, generate), ctx.timeout_s)
         except TimeoutError:
             raise TaskFailure("timeout", "the model did not answer in time") from None
         except UpstreamError as exc:
             raise TaskFailure(exc.code, exc.message) from None
-        images = []
+
+    def plan_storage(self, ctx: RunContext, result: ImageResult) -> StoredImages:
+        """Where each image goes and the task output naming it, before any byte is written."""
+        images: list[dict[str, Any]] = []
         by_url: dict[str, GeneratedImage] = {}
-        for image in routed.value.images:
+        keys: list[str] = []
+        for image in result.images:
             key = new_image_key(image.content_type)
-            await ctx.storage.put(key, image.data, image.content_type)
             url = ctx.file_url(key)
             images.append({"url": url, "width": image.width, "height": image.height,
                            "content_type": image.content_type})
             by_url[url] = image
+            keys.append(key)
         output: dict[str, Any] = {"images": images}
-        if routed.value.usage:
-            output["usage"] = routed.value.usage
-        offer = ctx.hooks.get("images")
-        if offer is not None:
-            offer(task.id, by_url)  # before the finish wakes a synchronous waiter in this process
-        return Finished(output=output, route=routed.route)
+        if result.usage:
+            output["usage"] = result.usage
+        return StoredImages(output=output, by_url=by_url, keys=tuple(keys))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImages:
+    """A result's images, keyed for storage; ``put`` writes them (all at once)."""
+
+    output: dict[str, Any]
+    by_url: dict[str, GeneratedImage]
+    keys: tuple[str, ...]
+
+    async def put(self, ctx: RunContext) -> None:
+        await asyncio.gather(*(ctx.storage.put(key, image.data, image.content_type)
+                               for key, image in zip(self.keys, self.by_url.values(), strict=True)))
+
+    async def discard(self, ctx: RunContext) -> None:
+        """Best effort: images of an answer nobody is charged for are only wasted space."""
+        for key in self.keys:
+            with contextlib.suppress(Exception):
+                await ctx.storage.delete(key)
 
 
 async def fetch_inputs(ctx: RunContext, task_input: dict[str, Any]) -> tuple[list[InputImage], InputImage | None]:

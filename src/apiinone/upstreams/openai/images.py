@@ -26,7 +26,7 @@ import email.utils
 import logging
 import time
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -39,6 +39,9 @@ from apiinone.upstreams.base import (
     UpstreamTimeoutError,
     error_for_status,
 )
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["OpenAIImages", "error_from_response"]
 
@@ -61,8 +64,15 @@ class OpenAIImages:
 
     _client: httpx.AsyncClient
 
+    def json_session(self) -> aiohttp.ClientSession | None: ...
+
     async def generate_images(self, target: RouteTarget, job: ImageJob) -> ImageResult:
-        payload = await self._send_for_json(target, self._build_request(target, job))
+        session = self.json_session() if not job.inputs else None
+        if session is not None:
+            payload = await self._post_json(session, target, f"{target.base_url}/images/generations",
+                                            orjson.dumps(self._generation_fields(target, job)))
+        else:
+            payload = await self._send_for_json(target, self._build_request(target, job))
         images = await self._images_from(payload, job)
         usage = payload.get("usage")
         return ImageResult(images=images, usage=usage if isinstance(usage, dict) else None)
@@ -71,24 +81,7 @@ class OpenAIImages:
 
     def _build_request(self, target: RouteTarget, job: ImageJob) -> httpx.Request:
         """A fresh request per attempt: a multipart body is a stream and cannot be sent twice."""
-        fields: dict[str, Any] = {
-            "model": target.upstream_model,
-            "prompt": job.prompt,
-            "n": job.n,
-            "size": job.size_text,
-            "quality": job.quality,
-        }
-        if job.output_format != "png":
-            fields["output_format"] = job.output_format
-        if job.background:
-            fields["background"] = job.background
-        if job.user:
-            fields["user"] = job.user
-        for key in _EXTRA_EDIT_FIELDS if job.inputs else _EXTRA_GENERATION_FIELDS:
-            if key in job.extra:
-                value = job.extra[key]
-                fields[key] = int(value) if key == "output_compression" and value.isdigit() else value
-
+        fields = self._generation_fields(target, job)
         if not job.inputs:
             return self._client.build_request(
                 "POST",
@@ -108,6 +101,52 @@ class OpenAIImages:
             headers=_auth(target),
             timeout=target.timeout_s,
         )
+
+    def _generation_fields(self, target: RouteTarget, job: ImageJob) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "model": target.upstream_model,
+            "prompt": job.prompt,
+            "n": job.n,
+            "size": job.size_text,
+            "quality": job.quality,
+        }
+        if job.output_format != "png":
+            fields["output_format"] = job.output_format
+        if job.background:
+            fields["background"] = job.background
+        if job.user:
+            fields["user"] = job.user
+        for key in _EXTRA_EDIT_FIELDS if job.inputs else _EXTRA_GENERATION_FIELDS:
+            if key in job.extra:
+                value = job.extra[key]
+                fields[key] = int(value) if key == "output_compression" and value.isdigit() else value
+        return fields
+
+    async def _post_json(self, session: aiohttp.ClientSession, target: RouteTarget, url: str,
+                         body: bytes) -> dict[str, Any]:
+        """POST a JSON body with the lean client; failures are classified exactly as for httpx."""
+        import aiohttp  # already imported by the session's creation
+
+        headers = {**_auth(target), "Content-Type": "application/json"}
+        try:
+            async with session.post(url, data=body, headers=headers,
+                                    timeout=aiohttp.ClientTimeout(total=target.timeout_s)) as response:
+                status, raw = response.status, await response.read()
+                answer_headers = list(response.headers.items())
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError(f"no answer within {target.timeout_s:g} s ({type(exc).__name__})") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(target.redact(f"could not reach upstream ({type(exc).__name__}: {exc})"),
+                                retryable=True) from None
+        if status == 200:
+            try:
+                payload = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise UpstreamError("upstream returned a body that is not JSON", retryable=True) from None
+            if not isinstance(payload, dict):
+                raise UpstreamError("upstream returned an unexpected JSON body", retryable=True)
+            return payload
+        raise error_from_response(target, httpx.Response(status, headers=answer_headers, content=raw))
 
     async def _send_for_json(self, target: RouteTarget, request: httpx.Request) -> dict[str, Any]:
         try:

@@ -1,9 +1,11 @@
 """OpenAI's Images API under ``/v1``, so existing code and the official ``openai`` SDK work with
 ``base_url="http://host/v1"`` and an ``aio_`` key.
 
-Nothing here bypasses the task pipeline: a request becomes an image task (same keys, same credit
-hold, same queue and workers as ``/api/v1``) and the route waits for it to end — on a signal,
-holding no database connection — then answers synchronously in OpenAI's shapes.
+A request is still an image task (same keys, same credit hold, same task record and request log as
+``/api/v1``), but it skips the queue: the hold inserts the task ``running`` under a lease of this
+process, which calls the upstream through the route pool itself (``services/direct.py``), writes the
+answer while the images are stored, and commits the charge (group-committed with other requests'
+finishes) before the answer's last byte. Idempotent replays wait for the first request's task.
 
 Field mapping:
 
@@ -18,8 +20,8 @@ Errors use OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``
 the SDK maps to its exception classes. Out of credits is 429 ``insufficient_quota``, exactly as
 OpenAI answers it, with ``x-should-retry: false`` so the SDK does not retry it.
 
-A client that disconnects before its image is ready has its task canceled (nothing is charged),
-unless it sent an ``Idempotency-Key``: that says it will retry and collect the same result.
+A client that disconnects before its answer has its task canceled (nothing is charged), unless it
+sent an ``Idempotency-Key``: that says it will retry and collect the same result.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import io
 import warnings
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,7 +46,7 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message
+from starlette.types import Message, Receive, Scope, Send
 
 from apiinone.bootstrap import Container
 from apiinone.db.outage import is_database_outage
@@ -65,6 +68,8 @@ from apiinone.errors import (
     Unauthorized,
 )
 from apiinone.ids import now_ms
+from apiinone.kinds.base import RunContext, TaskFailure
+from apiinone.kinds.image import KIND as IMAGE_KIND
 from apiinone.kinds.image.job import GeneratedImage
 from apiinone.net.fetch import DEFAULT_MAX_PIXELS, sniff_image_type
 from apiinone.params import (
@@ -309,7 +314,9 @@ async def create_images(request: Request) -> Response:
     params = parse_image_params(fields, GENERATION_FIELDS)
     claim = _idempotency_claim(request, "v1.images.generations", raw)
     result = await _create(container, key, account, params, claim)
-    return await _respond(request, container, account, params, claim, result)
+    if result.replayed:
+        return await _respond(request, container, account, params, claim, result)
+    return await _run_direct(request, container, params, claim, result.task, key.prefix)
 
 
 @router.post("/images/edits", summary="Edit images (OpenAI Images API, multipart, synchronous)",
@@ -357,7 +364,8 @@ async def edit_images(request: Request) -> Response:
         raise
     if result.replayed:  # the first request's task references its own copies of these uploads
         await _discard(container, stored)
-    return await _respond(request, container, account, params, claim, result)
+        return await _respond(request, container, account, params, claim, result)
+    return await _run_direct(request, container, params, claim, result.task, key.prefix)
 
 
 @router.get("/models", summary="Models this key can call (OpenAI list shape)", responses=openapi.ok({
@@ -391,7 +399,167 @@ async def _create(container: Container, key: ApiKey, account: Account, params: I
                   claim: IdempotencyClaim | None, *, input_files: tuple[dict[str, str], ...] = ()) -> CreateResult:
     return await container.tasks.create_image_task(
         account, key, params.task_request(input_files), idempotency=claim,
-        max_active_tasks=container.rate_limits.max_active_tasks(account))
+        max_active_tasks=container.rate_limits.max_active_tasks(account), direct=container.direct.lease())
+
+
+async def _run_direct(request: Request, container: Container, params: ImageParams,
+                      claim: IdempotencyClaim | None, task: Task, key_prefix: str | None) -> Response:
+    """Run the held task here: upstream call (route pool, failover), answer, then end the task.
+
+    A client that goes away before its answer has the call canceled and nothing charged, unless it
+    sent an Idempotency-Key (its retry collects the result). The images are stored while the answer
+    is written; the task is captured only once both are done, and released if the answer could not
+    be written."""
+    container.direct.started(task, key_prefix)
+    headers = {"X-Task-Id": task.id}
+    spec = container.catalog.resolve(task.model)
+    if spec is None:  # the catalog changed between the hold and here
+        finished = await container.direct.finish(
+            task, TaskStatus.FAILED, error={"code": "model_unavailable", "message": "no upstream serves this model"},
+            http_status=503)
+        return _failure_response(finished or task, headers)
+    ctx = RunContext(spec=spec, pool=container.pool, storage=container.storage, fetch_client=container.fetch_client,
+                     files_base_url=container.base_url(), timeout_s=SYNC_WAIT_S)
+    gone = asyncio.Event()
+    watcher = asyncio.create_task(_watch_disconnect(request, gone))
+    call = asyncio.create_task(IMAGE_KIND.generate(ctx, task))
+    try:
+        if claim is None:
+            stop = asyncio.create_task(gone.wait())
+            await asyncio.wait((call, stop), return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not call.done():  # the client went away: nobody will read the answer
+                call.cancel()
+                log.info("client_gone_task_canceled", task_id=task.id)
+                await container.direct.finish(task, TaskStatus.CANCELED, error=_GONE, http_status=499)
+                return openai_error(499, "the client closed the request", type_="invalid_request_error",
+                                    code="canceled", headers=headers)
+        routed = await call
+    except TaskFailure as exc:
+        watcher.cancel()
+        finished = await container.direct.finish(task, TaskStatus.FAILED, error={"code": exc.code,
+                                                                               "message": exc.message},
+                                                 http_status=_FAILURES.get(exc.code, (502,))[0])
+        return _failure_response(finished or dataclasses.replace(task, error={"code": exc.code,
+                                                                             "message": exc.message}), headers)
+    except BaseException:
+        watcher.cancel()
+        call.cancel()
+        with contextlib.suppress(Exception):
+            await container.direct.finish(task, TaskStatus.FAILED, error=_INTERNAL, http_status=500)
+        raise
+    stored = IMAGE_KIND.plan_storage(ctx, routed.value)
+    storing = asyncio.create_task(stored.put(ctx))
+    if params.response_format == "url":  # the client may fetch a URL at once: store before answering
+        try:
+            await storing
+        except Exception as exc:
+            watcher.cancel()
+            log.error("direct_store_failed", task_id=task.id, error=str(exc))
+            await container.direct.finish(task, TaskStatus.FAILED, error=_INTERNAL, http_status=500)
+            raise InternalError("the generated image could not be stored") from None
+    output = stored.output
+    body = _images_body_bytes(task, params, output, list(stored.by_url.values()))
+    touch = getattr(request.state, "touch_key", None)
+
+    async def settle(delivered: bool) -> None:
+        try:
+            await storing
+        except Exception as exc:  # the client has its answer, but an unstored image is never charged
+            log.error("direct_store_failed", task_id=task.id, error=str(exc))
+            await container.direct.finish(task, TaskStatus.FAILED, error=_INTERNAL, http_status=500)
+            return
+        if delivered or claim is not None:  # with a key, a retry collects what the first try missed
+            await container.direct.finish(task, TaskStatus.SUCCEEDED, output=output, route=routed.route,
+                                          http_status=200)
+        else:
+            log.info("client_gone_task_canceled", task_id=task.id)
+            await container.direct.finish(task, TaskStatus.CANCELED, error=_GONE, http_status=499)
+            await stored.discard(ctx)
+
+    async def after() -> None:
+        watcher.cancel()
+        if touch:
+            await _touch_api_key(container, touch)
+
+    return SettledResponse(body, headers=headers, gone=gone, settle=settle, after=after)
+
+
+_GONE = {"code": "canceled", "message": "the client went away before the answer"}
+_INTERNAL = {"code": "internal_error", "message": "the server failed while answering"}
+
+
+async def _watch_disconnect(request: Request, gone: asyncio.Event) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+
+
+class SettledResponse(Response):
+    """A JSON answer whose charge is committed between its next-to-last and its last byte.
+
+    Everything but the last byte is written while the images are stored; then ``settle`` learns
+    whether the client was still there (it captures, or releases when the client went away) and
+    its transaction commits before the last byte leaves, so a client that has its whole answer
+    also sees the charge in its next read. uvicorn's ``send`` drops the body silently once the client
+    is gone; the disconnect watcher has run by then (the connection loss wakes it first), so
+    ``gone`` says whether the body went out."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, *, headers: dict[str, str], gone: asyncio.Event,
+                 settle: Callable[[bool], Awaitable[None]], after: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(content=body, headers=headers)
+        self._gone = gone
+        self._settle = settle
+        self._after = after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        delivered = False
+        try:
+            if not self._gone.is_set():
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                await send({"type": "http.response.body", "body": self.body[:-1], "more_body": True})
+                delivered = not self._gone.is_set()
+        finally:
+            try:
+                await asyncio.shield(self._settle(delivered))
+            except Exception:
+                log.exception("direct_settle_failed")
+        try:
+            if delivered:
+                await send({"type": "http.response.body", "body": self.body[-1:]})
+        finally:
+            await self._after()
+
+
+def _images_body_bytes(task: Task, params: ImageParams, output: Mapping[str, Any],
+                       generated: list[GeneratedImage]) -> bytes:
+    """OpenAI's answer, with the upstream's own base64 spliced in as it came (no re-encoding of it,
+    and no JSON escaping pass over megabytes that are base64 by construction)."""
+    images: list[dict[str, Any]] = output.get("images") or []
+    first = images[0] if images else {"width": 1024, "height": 1024}
+    body: dict[str, Any] = {
+        "created": task.created_at // 1000, "data": [],
+        "output_format": params.options.get("output_format", "png"), "quality": params.quality,
+        "size": f"{first['width']}x{first['height']}",
+    }
+    if "background" in params.options:
+        body["background"] = params.options["background"]
+    if isinstance(output.get("usage"), dict):
+        body["usage"] = output["usage"]
+    if params.response_format == "url":
+        body["data"] = [{"url": image["url"]} for image in images]
+        return orjson.dumps(body)
+    head = orjson.dumps(body)
+    split = head.index(b'"data":[]') + len(b'"data":[')
+    parts = [head[:split]]
+    for i, image in enumerate(generated):
+        parts.append(b'{"b64_json":"' if i == 0 else b',{"b64_json":"')
+        parts.append(image.b64.encode("ascii") if image.b64 is not None else base64.b64encode(image.data))
+        parts.append(b'"}')
+    parts.append(head[split:])
+    return b"".join(parts)
 
 
 async def _respond(request: Request, container: Container, account: Account, params: ImageParams,
