@@ -37,10 +37,10 @@ from apiinone.upstreams.anthropic.translate import (
 from apiinone.upstreams.base import (
     RouteTarget,
     UpstreamError,
-    UpstreamTimeoutError,
     error_for_status,
     retry_after_seconds,
 )
+from apiinone.upstreams.http import json_object, transport_error, upstream_client
 from apiinone.upstreams.sse import read_events
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -56,11 +56,7 @@ class AnthropicAdapter:
 
     def __init__(self, *, timeout_s: float = 120.0, transport: httpx.AsyncBaseTransport | None = None,
                  max_connections: int = 200) -> None:
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._client = httpx.AsyncClient(
-            transport=transport or httpx.AsyncHTTPTransport(limits=limits),
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0)),
-            headers={"User-Agent": "apiinone"}, follow_redirects=False, trust_env=False)
+        self._client = upstream_client(timeout_s=timeout_s, transport=transport, max_connections=max_connections)
 
     def __repr__(self) -> str:
         return "AnthropicAdapter()"
@@ -78,13 +74,7 @@ class AnthropicAdapter:
             raise transport_error(target, exc) from None
         if response.status_code != 200:
             raise error_from_response(target, response)
-        try:
-            payload = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("upstream returned a body that is not JSON", retryable=True) from None
-        if not isinstance(payload, dict):
-            raise UpstreamError("upstream returned an unexpected JSON body", retryable=True)
-        return completion_from(payload)
+        return completion_from(json_object(response.content))
 
     async def chat_stream(self, target: RouteTarget, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         http_request = self._request(target, request, stream=True)
@@ -129,12 +119,6 @@ class AnthropicAdapter:
 def messages_url(base_url: str) -> str:
     base = (base_url or DEFAULT_BASE_URL).rstrip("/")
     return f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
-
-
-def transport_error(target: RouteTarget, exc: httpx.HTTPError) -> UpstreamError:
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeoutError(f"no answer within {target.timeout_s:g} s ({type(exc).__name__})")
-    return UpstreamError(target.redact(f"could not reach upstream ({type(exc).__name__}: {exc})"), retryable=True)
 
 
 def error_from_response(target: RouteTarget, response: httpx.Response) -> UpstreamError:

@@ -32,11 +32,11 @@ from apiinone.kinds.chat.job import ChatChunk, ChatCompletion, ChatRequest
 from apiinone.upstreams.base import (
     RouteTarget,
     UpstreamError,
-    UpstreamTimeoutError,
     error_for_status,
     retry_after_seconds,
 )
 from apiinone.upstreams.gemini.translate import StreamTranslator, completion_from, generate_request
+from apiinone.upstreams.http import json_object, transport_error, upstream_client
 from apiinone.upstreams.sse import read_events
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -52,11 +52,7 @@ class GeminiAdapter:
 
     def __init__(self, *, timeout_s: float = 120.0, transport: httpx.AsyncBaseTransport | None = None,
                  max_connections: int = 200) -> None:
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._client = httpx.AsyncClient(
-            transport=transport or httpx.AsyncHTTPTransport(limits=limits),
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0)),
-            headers={"User-Agent": "apiinone"}, follow_redirects=False, trust_env=False)
+        self._client = upstream_client(timeout_s=timeout_s, transport=transport, max_connections=max_connections)
 
     def __repr__(self) -> str:
         return "GeminiAdapter()"
@@ -72,7 +68,7 @@ class GeminiAdapter:
             raise transport_error(target, exc) from None
         if response.status_code != 200:
             raise error_from_response(target, response)
-        return completion_from(_json_object(response.content), target.upstream_model)
+        return completion_from(json_object(response.content), target.upstream_model)
 
     async def chat_stream(self, target: RouteTarget, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         http_request = self._request(target, request, stream=True)
@@ -87,7 +83,7 @@ class GeminiAdapter:
             translator = StreamTranslator(target.upstream_model)
             try:
                 async for event in read_events(response.aiter_lines()):
-                    for chunk in translator.feed(_json_object(event.data.encode())):
+                    for chunk in translator.feed(json_object(event.data.encode())):
                         yield chunk
             except httpx.HTTPError as exc:
                 raise transport_error(target, exc) from None
@@ -118,20 +114,6 @@ def models_url(base_url: str, version: Any = None) -> str:
     return f"{base}/{version or DEFAULT_VERSION}/models"
 
 
-def _json_object(content: bytes) -> dict[str, Any]:
-    try:
-        payload = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        raise UpstreamError("upstream returned a body that is not JSON", retryable=True) from None
-    if not isinstance(payload, dict):
-        raise UpstreamError("upstream returned an unexpected JSON body", retryable=True)
-    return payload
-
-
-def transport_error(target: RouteTarget, exc: httpx.HTTPError) -> UpstreamError:
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeoutError(f"no answer within {target.timeout_s:g} s ({type(exc).__name__})")
-    return UpstreamError(target.redact(f"could not reach upstream ({type(exc).__name__}: {exc})"), retryable=True)
 
 
 def error_from_response(target: RouteTarget, response: httpx.Response) -> UpstreamError:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from apiinone.upstreams.http import upstream_client
 from apiinone.upstreams.openai.chat import OpenAIChat
 from apiinone.upstreams.openai.images import OpenAIImages
 from apiinone.upstreams.openai.speech import OpenAISpeech
@@ -36,13 +37,7 @@ class OpenAIAdapter(OpenAIImages, OpenAIChat, OpenAISpeech):
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._plain = transport is None
         """No transport injected: JSON calls may take the lean client (``json_session``)."""
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._client = httpx.AsyncClient(
-            transport=transport or httpx.AsyncHTTPTransport(limits=limits, http1=True, http2=False),
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 15.0)),
-            headers={"User-Agent": "apiinone"},
-            follow_redirects=False,
-        )
+        self._client = upstream_client(timeout_s=timeout_s, transport=transport, max_connections=max_connections)
 
     def __repr__(self) -> str:
         return "OpenAIAdapter()"

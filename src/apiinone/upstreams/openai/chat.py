@@ -21,6 +21,7 @@ import orjson
 
 from apiinone.kinds.chat.job import ChatChunk, ChatCompletion, ChatRequest, Usage
 from apiinone.upstreams.base import RouteTarget, UpstreamError, UpstreamTimeoutError
+from apiinone.upstreams.http import json_object, transport_error
 from apiinone.upstreams.openai.images import error_from_response
 
 __all__ = ["OpenAIChat", "iter_sse_data", "output_bytes_of", "usage_from"]
@@ -37,18 +38,12 @@ class OpenAIChat:
         http_request = self._chat_request(target, request, stream=False)
         try:
             response = await self._client.send(http_request)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeoutError(f"no answer within {target.timeout_s:g} s ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
-            raise UpstreamError(target.redact(f"could not reach upstream ({type(exc).__name__}: {exc})"),
-                                retryable=True) from None
+            raise transport_error(target, exc) from None
         if response.status_code != 200:
             raise error_from_response(target, response)
-        try:
-            payload = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("upstream returned a body that is not JSON", retryable=True) from None
-        if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+        payload = json_object(response.content)
+        if not isinstance(payload.get("choices"), list):
             raise UpstreamError("upstream returned an unexpected chat completion", retryable=True)
         usage = usage_from(payload.get("usage"))
         if usage is None:  # some compatible servers omit it: count what came back

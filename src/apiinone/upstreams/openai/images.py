@@ -39,6 +39,7 @@ from apiinone.upstreams.base import (
     UpstreamTimeoutError,
     error_for_status,
 )
+from apiinone.upstreams.http import json_object, transport_error
 
 if TYPE_CHECKING:
     import aiohttp
@@ -133,37 +134,19 @@ class OpenAIImages:
                                     timeout=aiohttp.ClientTimeout(total=target.timeout_s)) as response:
                 status, raw = response.status, await response.read()
                 answer_headers = list(response.headers.items())
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError(f"no answer within {target.timeout_s:g} s ({type(exc).__name__})") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(target.redact(f"could not reach upstream ({type(exc).__name__}: {exc})"),
-                                retryable=True) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise transport_error(target, exc) from None
         if status == 200:
-            try:
-                payload = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                raise UpstreamError("upstream returned a body that is not JSON", retryable=True) from None
-            if not isinstance(payload, dict):
-                raise UpstreamError("upstream returned an unexpected JSON body", retryable=True)
-            return payload
+            return json_object(raw)
         raise error_from_response(target, httpx.Response(status, headers=answer_headers, content=raw))
 
     async def _send_for_json(self, target: RouteTarget, request: httpx.Request) -> dict[str, Any]:
         try:
             response = await self._client.send(request)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeoutError(f"no answer within {target.timeout_s:g} s ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
-            raise UpstreamError(target.redact(f"could not reach upstream ({type(exc).__name__}: {exc})"),
-                                retryable=True) from None
+            raise transport_error(target, exc) from None
         if response.status_code == 200:
-            try:
-                payload = orjson.loads(response.content)
-            except orjson.JSONDecodeError:
-                raise UpstreamError("upstream returned a body that is not JSON", retryable=True) from None
-            if not isinstance(payload, dict):
-                raise UpstreamError("upstream returned an unexpected JSON body", retryable=True)
-            return payload
+            return json_object(response.content)
         raise error_from_response(target, response)
 
     # ------------------------------------------------------------------------------------------ result
