@@ -49,7 +49,7 @@ def models_served_here(path: Path) -> Path:
     for spec in Catalog.load().models.values():
         envs = {r.api_key_env for r in spec.effective_routes()}
         providers = {r.provider for r in spec.effective_routes()}
-        if providers <= {"openai"} and envs <= {None, "OPENAI_API_KEY"} or all(p.startswith("local") for p in providers):
+        if (providers <= {"openai"} and envs <= {None, "OPENAI_API_KEY"}) or all(p.startswith("local") for p in providers):
             continue
         lines.append(f'[[models]]\nid = "{spec.id}"\nlaunched = false\n')
     path.write_text("\n".join(lines), encoding="utf-8")
