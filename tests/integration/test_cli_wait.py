@@ -38,7 +38,12 @@ async def test_wait_returns_once_the_server_is_ready_and_the_ready_line_says_whe
         assert done.stderr.strip() == f"ready: {server.base_url}"
         line = ready_line(server.container, f"127.0.0.1:{server.port}")
     assert line.startswith(f"apiinone ready: {server.base_url} | database sqlite+aiosqlite:///")
-    assert "| models local-typeset (no upstream configured: gpt-image-1.5-official) | worker embedded |" in line
+    models = line.split("| models ", 1)[1].split(" | worker ", 1)[0]
+    available, _, unconfigured = models.partition(" (no upstream configured: ")
+    offline = {m.id for m in server.container.catalog.launched() if server.container.pool.is_available(m)}
+    assert set(available.split(", ")) == offline and "local-typeset" in offline
+    assert "gpt-image-1.5-official" in unconfigured.rstrip(")").split(", ")
+    assert "| worker embedded |" in line
     assert line.endswith(f"| console {server.base_url}/console | API reference {server.base_url}/docs")
     assert "listening on" not in line  # bound where it is reached
 
