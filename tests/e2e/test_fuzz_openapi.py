@@ -86,7 +86,8 @@ def test_schemathesis_finds_no_failures(tmp_path: Path, upstream: FakeOpenAI) ->
             [str(st), "run", f"http://127.0.0.1:{port}/openapi.json", "--checks", CHECKS,
              "--header", f"Authorization: Bearer {key}", "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES),
              "--workers", "1", "--request-timeout", "30", "--no-color"],
-            env={**env, "SCHEMATHESIS_HOOKS": ""}, capture_output=True, text=True, timeout=420, check=False)
+            env={**env, "SCHEMATHESIS_HOOKS": ""}, capture_output=True, text=True, timeout=420, check=False,
+            cwd=tmp_path)  # its crash cache stays in the test's folder: every run starts from the seed alone
     finally:
         server.terminate()
         server.wait(timeout=30)
