@@ -34,6 +34,12 @@ def require(available: bool, what: str, *, allow_module_level: bool = False) -> 
     pytest.skip(f"outside CI only: {what}", allow_module_level=allow_module_level)
 
 
+def needs(available: bool, what: str) -> pytest.MarkDecorator:
+    """:func:`require` as a marker for single tests: skipped (loudly) outside CI only; in CI the
+    test runs and fails without what it needs."""
+    return pytest.mark.skipif(not available and not in_ci(), reason=f"outside CI only: {what}")
+
+
 PG_ADMIN_DSN = os.environ.get("APIINONE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 

@@ -6,7 +6,6 @@ the audio returned, and how each failure is classified (``retryable`` → next r
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import socket
 import stat
@@ -20,6 +19,7 @@ from apiinone.kinds.speech.job import SpeechJob
 from apiinone.upstreams.base import RouteTarget, UpstreamError, UpstreamTimeoutError
 from apiinone.upstreams.local_speech.espeak import LocalSpeechProvider
 from apiinone.upstreams.openai.adapter import OpenAIAdapter
+from tests.conftest import needs
 from tests.fakes.fake_openai import FakeOpenAI
 
 
@@ -113,8 +113,7 @@ async def test_unreachable_upstream_is_retryable(adapter: OpenAIAdapter) -> None
 
 # ---------------------------------------------------------------------------------- local-speech
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None and os.environ.get("CI") != "true",
-                                  reason="espeak-ng is not installed (scripts/test.sh installs it)")
+needs_espeak = needs(shutil.which("espeak-ng") is not None, "espeak-ng is not installed (scripts/test.sh installs it)")
 
 
 def local_target(timeout_s: float = 30.0) -> RouteTarget:

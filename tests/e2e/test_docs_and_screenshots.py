@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.conftest import require
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,10 +40,8 @@ SHOTS = Path(os.environ.get("APIINONE_SCREENSHOTS_DIR") or ROOT / "test-artifact
 EMAIL, PASSWORD = "you@example.com", "a-long-password"
 WAIT_MS = 60_000
 
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI") == "true":
-        raise RuntimeError("Debian chromium is missing in CI (scripts/test.sh installs it)")
-    pytest.skip("Debian chromium is not installed (apt-get install chromium)", allow_module_level=True)
+require(Path(CHROMIUM).exists(), "Debian chromium is not installed (apt-get install chromium)",
+        allow_module_level=True)
 
 from playwright.sync_api import BrowserContext, Page, Playwright, Route, expect, sync_playwright  # noqa: E402
 

@@ -28,6 +28,7 @@ from apiinone.kinds.speech.job import SpeechJob
 from apiinone.storage.filesystem import FileSystemStorage
 from apiinone.upstreams.base import RouteTarget
 from apiinone.upstreams.local_speech.espeak import LocalSpeechProvider
+from tests.conftest import require
 from tests.e2e.test_console_browser import (
     PASSWORD,
     Playwright,
@@ -40,8 +41,8 @@ from tests.e2e.test_console_browser import (
 
 pytestmark = pytest.mark.e2e
 
-if shutil.which("espeak-ng") is None and os.environ.get("CI") != "true":
-    pytest.skip("espeak-ng is not installed (scripts/test.sh installs it)", allow_module_level=True)
+require(shutil.which("espeak-ng") is not None, "espeak-ng is not installed (scripts/test.sh installs it)",
+        allow_module_level=True)
 
 EMAIL = "listener@example.com"
 SPEECH_TEXT = "Hello! This is API in One speaking."  # the playground's default text (35 characters)

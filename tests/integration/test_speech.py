@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import shutil
 import struct
 import wave
@@ -21,13 +20,12 @@ import pytest
 from apiinone.domain.credits import Credits
 from apiinone.kinds.speech.job import SpeechAudio, SpeechJob
 from apiinone.upstreams.base import RouteTarget
-from tests.conftest import Caller
+from tests.conftest import Caller, needs
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.integration.live_server import LiveServer
 
 ESPEAK = shutil.which("espeak-ng")
-needs_espeak = pytest.mark.skipif(ESPEAK is None and os.environ.get("CI") != "true",
-                                  reason="espeak-ng is not installed (scripts/test.sh installs it)")
+needs_espeak = needs(ESPEAK is not None, "espeak-ng is not installed (scripts/test.sh installs it)")
 
 GATED_CATALOG = """
 [[models]]
