@@ -148,6 +148,7 @@ class Container:
         if self.worker is not None:
             await self.worker.stop()
         await self.direct.drain()
+        await self.metering.drain()
         for task in self.background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

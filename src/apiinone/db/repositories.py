@@ -33,6 +33,14 @@ _SPEND = (
                t.api_keys.c.credits_spent + bindparam("amount") <= t.api_keys.c.credit_budget))
     .values(credits_spent=t.api_keys.c.credits_spent + bindparam("amount"))
 )
+_CHANGE = (
+    update(t.accounts).where(t.accounts.c.id == bindparam("account_id"))
+    .values(balance=t.accounts.c.balance + bindparam("balance"), held=t.accounts.c.held + bindparam("held"))
+)
+_REFUND = (
+    update(t.api_keys).where(t.api_keys.c.id == bindparam("key_id"))
+    .values(credits_spent=t.api_keys.c.credits_spent - bindparam("amount"))
+)
 ACCOUNT_CREATION_LOCK = 0x61696F0001
 """The PostgreSQL advisory lock key that account creations take in turn ("aio" + 1)."""
 _INSERT_TASK = insert(t.tasks)
@@ -147,11 +155,13 @@ class AccountRepository:
         return result.rowcount == 1
 
     async def change(self, account_id: str, *, balance: int = 0, held: int = 0) -> None:
-        await self.conn.execute(
-            update(t.accounts).where(t.accounts.c.id == account_id).values(
-                balance=t.accounts.c.balance + balance, held=t.accounts.c.held + held
-            )
-        )
+        await self.conn.execute(_CHANGE, {"account_id": account_id, "balance": balance, "held": held})
+
+    async def change_many(self, changes: dict[str, tuple[int, int]]) -> None:
+        """Add ``(balance, held)`` to each account, in one statement."""
+        rows = [{"account_id": a, "balance": b, "held": h} for a, (b, h) in changes.items()]
+        if rows:
+            await self.conn.execute(_CHANGE, rows if len(rows) > 1 else rows[0])
 
     async def try_debit(self, account_id: str, amount: int) -> bool:
         """Lower the balance iff available stays ≥ 0 (admin deductions)."""
@@ -218,10 +228,20 @@ class ApiKeyRepository:
         return None if row is None else str(row[0])
 
     async def refund(self, key_id: str, amount: int) -> None:
-        await self.conn.execute(
-            update(t.api_keys).where(t.api_keys.c.id == key_id)
-            .values(credits_spent=t.api_keys.c.credits_spent - amount)
-        )
+        await self.conn.execute(_REFUND, {"key_id": key_id, "amount": amount})
+
+    async def refund_many(self, refunds: dict[str, int]) -> None:
+        """Give each key back ``amount`` of its budget, in one statement."""
+        rows = [{"key_id": k, "amount": a} for k, a in refunds.items() if a]
+        if rows:
+            await self.conn.execute(_REFUND, rows if len(rows) > 1 else rows[0])
+
+
+def ledger_row(account_id: str, kind: LedgerKind, amount: int, *, task_id: str | None = None,
+               request_id: str | None = None, note: str | None = None, actor: str | None = None,
+               at: int | None = None) -> dict[str, Any]:
+    return {"account_id": account_id, "kind": kind.value, "amount": amount, "task_id": task_id,
+            "request_id": request_id, "note": note, "actor": actor, "created_at": at or now_ms()}
 
 
 class LedgerRepository:
@@ -231,10 +251,13 @@ class LedgerRepository:
     async def add(self, account_id: str, kind: LedgerKind, amount: int, *, task_id: str | None = None,
                   request_id: str | None = None, note: str | None = None, actor: str | None = None,
                   at: int | None = None) -> None:
-        await self.conn.execute(_INSERT_LEDGER, {
-            "account_id": account_id, "kind": kind.value, "amount": amount, "task_id": task_id,
-            "request_id": request_id, "note": note, "actor": actor, "created_at": at or now_ms(),
-        })
+        await self.conn.execute(_INSERT_LEDGER, ledger_row(account_id, kind, amount, task_id=task_id,
+                                                           request_id=request_id, note=note, actor=actor, at=at))
+
+    async def add_many(self, rows: list[dict[str, Any]]) -> None:
+        """Entries made by :func:`ledger_row`, in one statement."""
+        if rows:
+            await self.conn.execute(_INSERT_LEDGER, rows if len(rows) > 1 else rows[0])
 
     async def list(self, account_id: str, *, limit: int, before_id: int | None = None,
                    kind: str | None = None) -> list[LedgerEntry]:
@@ -262,13 +285,19 @@ class TaskRepository:
         self.conn = conn
 
     async def add(self, task: Task) -> None:
-        await self.conn.execute(_INSERT_TASK, {
+        await self.add_many([task])
+
+    async def add_many(self, tasks: Sequence[Task]) -> None:
+        """Insert new tasks, in one statement."""
+        rows = [{
             "id": task.id, "account_id": task.account_id, "api_key_id": task.api_key_id, "type": task.type,
             "model": task.model, "status": task.status.value, "input": orjson.dumps(task.input).decode(),
             "price": task.price, "charged": 0, "callback_url": task.callback_url, "attempts": task.attempts,
             "run_after": 0, "created_at": task.created_at, "node": task.node, "lease_token": task.lease_token,
             "lease_expires_at": task.lease_expires_at, "started_at": task.started_at,
-        })
+        } for task in tasks]
+        if rows:
+            await self.conn.execute(_INSERT_TASK, rows if len(rows) > 1 else rows[0])
 
     async def get(self, task_id: str, account_id: str | None = None) -> Task | None:
         if account_id is None:
@@ -317,6 +346,26 @@ class TaskRepository:
             params["f_route"] = route
         result = await self.conn.execute(_finish_statement(lease_token is not None, route is not None), params)
         return result.rowcount == 1
+
+    async def finish_leased_many(self, finishes: Sequence[dict[str, Any]]) -> bool:
+        """The finish compare-and-set of many running tasks, each under its own lease token (keys
+        ``f_id``, ``f_token``, ``f_status``, ``f_output``, ``f_error`` as values, ``f_charged``,
+        ``f_at``, ``f_route``). True iff every one of them moved; False means some had already ended
+        and the caller must roll back and finish them one by one. Drivers that count the rows of an
+        executemany run it as one statement; others (asyncpg) one statement per task."""
+        done = 0
+        encoded = [{**f, "f_output": _json(f["f_output"]), "f_error": _json(f["f_error"])} for f in finishes]
+        for with_route in (False, True):
+            rows = [f for f in encoded if (f.get("f_route") is not None) == with_route]
+            if not rows:
+                continue
+            stmt = _leased_finish_statement(with_route)
+            if len(rows) > 1 and self.conn.dialect.supports_sane_multi_rowcount:
+                done += (await self.conn.execute(stmt, rows)).rowcount
+            else:
+                for row in rows:
+                    done += (await self.conn.execute(stmt, row)).rowcount
+        return done == len(finishes)
 
     async def defer(self, task_id: str, *, lease_token: str, remote_job: Any, route: str, poll_at: int) -> bool:
         """A running task's job now runs upstream: drop the worker's lease (its slot is free) and
@@ -371,3 +420,20 @@ def _finish_statement(by_token: bool, with_route: bool) -> Any:
     if with_route:
         values["route"] = bindparam("f_route")
     return update(t.tasks).where(and_(*conds)).values(**values)
+
+
+@functools.cache
+def _leased_finish_statement(with_route: bool) -> Any:
+    """:func:`_finish_statement` for a running task under a lease, without the expanding IN (so it
+    can be run as an executemany)."""
+    c = t.tasks.c
+    values: dict[str, Any] = {"status": bindparam("f_status"), "output": bindparam("f_output"),
+                              "error": bindparam("f_error"), "charged": bindparam("f_charged"),
+                              "finished_at": bindparam("f_at"), "lease_token": None, "lease_expires_at": None,
+                              "poll_at": None}
+    if with_route:
+        values["route"] = bindparam("f_route")
+    return (update(t.tasks)
+            .where(c.id == bindparam("f_id"), c.status == TaskStatus.RUNNING.value,
+                   c.lease_token == bindparam("f_token"))
+            .values(**values))

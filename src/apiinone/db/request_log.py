@@ -66,17 +66,32 @@ class RequestLogRepository:
 
     async def add(self, entry: RequestLogEntry) -> None:
         """The record and its share of the day's sums, in the caller's transaction."""
-        await self.conn.execute(insert_or_add(self.conn, t.usage_daily, {
-            "account_id": entry.account_id, "day": entry.created_at // DAY_MS, "model": entry.record.model,
-            "key_prefix": entry.key_prefix or "", "requests": 1, "succeeded": int(entry.record.status == "succeeded"),
-            "failed": int(entry.record.status == "failed"), "credits": entry.credits,
-            "input_tokens": entry.record.input_tokens or 0, "output_tokens": entry.record.output_tokens or 0,
-        }, add=_SUMS))
-        await self.conn.execute(_INSERT, {
-            "id": entry.id, "account_id": entry.account_id, "api_key_id": entry.api_key_id,
-            "key_prefix": entry.key_prefix, "credits": entry.credits, "created_at": entry.created_at,
-            **dataclasses.asdict(entry.record),
-        })
+        await self.add_many([entry])
+
+    async def add_many(self, entries: builtins.list[RequestLogEntry]) -> None:
+        """Many records in two statements (group commit): the rows, and the day's sums added up per
+        (account, day, model, key) first, so a batch of one key's calls touches its sums row once."""
+        if not entries:
+            return
+        sums: dict[tuple[str, int, str, str], dict[str, Any]] = {}
+        for entry in entries:
+            record = entry.record
+            day_key = (entry.account_id, entry.created_at // DAY_MS, record.model, entry.key_prefix or "")
+            row = sums.get(day_key)
+            if row is None:
+                row = sums[day_key] = {"account_id": day_key[0], "day": day_key[1], "model": day_key[2],
+                                       "key_prefix": day_key[3], **dict.fromkeys(_SUMS, 0)}
+            row["requests"] += 1
+            row["succeeded"] += record.status == "succeeded"
+            row["failed"] += record.status == "failed"
+            row["credits"] += entry.credits
+            row["input_tokens"] += record.input_tokens or 0
+            row["output_tokens"] += record.output_tokens or 0
+        rows = builtins.list(sums.values())
+        await self.conn.execute(insert_or_add(self.conn, t.usage_daily, _SUMS), rows if len(rows) > 1 else rows[0])
+        logged = [{"id": e.id, "account_id": e.account_id, "api_key_id": e.api_key_id, "key_prefix": e.key_prefix,
+                   "credits": e.credits, "created_at": e.created_at, **dataclasses.asdict(e.record)} for e in entries]
+        await self.conn.execute(_INSERT, logged if len(logged) > 1 else logged[0])
 
     async def usage(self, account_id: str, *, start_ms: int, end_ms: int, group_by: str) -> list[UsageRow]:
         """Sums per UTC day, model or key prefix over ``start_ms <= created_at < end_ms``."""

@@ -2,10 +2,10 @@
 
 The request holds its price and inserts its task in one transaction (``running``, leased by this
 process, with ``DIRECT_ATTEMPTS`` so that no worker ever leases it), calls the upstream through the
-route pool, answers, then ends the task. The ends of many requests are written together: every
-finish asked for while a transaction is being written joins the next one (group commit), so under
-load a transaction ends dozens of tasks, each still with its own compare-and-set, money movement
-and request-log row.
+route pool, answers, then ends the task. The ends of many requests are written together
+(``services/group_commit.py``): every finish asked for while a transaction is being written joins
+the next one, so under load a transaction ends dozens of tasks, each still with its own
+compare-and-set, money movement and request-log row, in a handful of statements.
 
 This process renews the leases of its direct tasks while they run. If it dies, they run out and
 the workers' sweep of exhausted tasks ends them as ``timeout``: the hold is released and nothing
@@ -15,8 +15,6 @@ is charged for an answer that was never sent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -24,21 +22,10 @@ import structlog
 from apiinone.db.database import Database
 from apiinone.domain.tasks import Task, TaskStatus
 from apiinone.ids import new_id, now_ms
-from apiinone.services.tasks import DirectLease, TaskService
+from apiinone.services.group_commit import GroupCommit
+from apiinone.services.tasks import DirectFinish, DirectLease, TaskService
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(slots=True)
-class _Finish:
-    task: Task
-    status: TaskStatus
-    output: dict[str, Any] | None
-    error: dict[str, str] | None
-    route: str | None
-    http_status: int
-    key_prefix: str | None
-    done: asyncio.Future[Task | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class DirectTasks:
@@ -51,10 +38,13 @@ class DirectTasks:
         self._tokens: dict[str, str] = {}
         """Lease token of each direct task this process is running."""
         self._key_prefixes: dict[str, str | None] = {}
-        self._pending: list[_Finish] = []
-        self._writer: asyncio.Task[None] | None = None
-        self.transactions = 0
+        self._finishes: GroupCommit[DirectFinish, Task | None] = GroupCommit(
+            db, tasks.finish_direct_many, name="direct-finish", after_commit=self._finished)
+
+    @property
+    def transactions(self) -> int:
         """Finish transactions written (each ends one or more tasks)."""
+        return self._finishes.transactions
 
     @property
     def running(self) -> int:
@@ -74,53 +64,14 @@ class DirectTasks:
                      http_status: int) -> Task | None:
         """End the task (capture on success, release otherwise) in the next group commit. None if
         it had already ended (canceled through the task API, or swept after its lease ran out)."""
-        op = _Finish(task, status, output, error, route, http_status, self._key_prefixes.get(task.id))
-        self._pending.append(op)
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_pending(), name="direct-finish")
+        op = DirectFinish(task, status, output, error, route, http_status, self._key_prefixes.get(task.id))
         try:
-            return await asyncio.shield(op.done)  # a canceled request still ends its task
+            return await self._finishes.submit(op)  # a canceled request still ends its task
         finally:
             self._tokens.pop(task.id, None)  # ended, or failed to: either way its lease may run out
             self._key_prefixes.pop(task.id, None)
 
-    async def _write_pending(self) -> None:
-        try:
-            await asyncio.sleep(0)  # finishes asked for in this loop turn join the first batch
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    finished = await self._write(batch)
-                except Exception as exc:  # one bad finish must not fail the others: write each alone
-                    log.warning("direct_finish_batch_failed", size=len(batch), error=str(exc))
-                    for op in batch:
-                        try:
-                            [one] = await self._write([op])
-                        except Exception as single:
-                            if not op.done.done():
-                                op.done.set_exception(single)
-                            continue
-                        self._resolve(op, one)
-                    continue
-                for op, one in zip(batch, finished, strict=True):
-                    self._resolve(op, one)
-        finally:
-            self._writer = None
-            if self._pending:  # asked for while this writer was stopping
-                self._writer = asyncio.create_task(self._write_pending(), name="direct-finish")
-
-    async def _write(self, batch: list[_Finish]) -> list[Task | None]:
-        async with self.db.uow() as uow:
-            finished = [await self.tasks.finish_in(uow, op.task, op.status, output=op.output, error=op.error,
-                                                   route=op.route, http_status=op.http_status,
-                                                   key_prefix=op.key_prefix) for op in batch]
-            await uow.commit()
-        self.transactions += 1
-        return finished
-
-    def _resolve(self, op: _Finish, finished: Task | None) -> None:
-        if not op.done.done():
-            op.done.set_result(finished)
+    def _finished(self, _op: DirectFinish, finished: Task | None) -> None:
         if finished is not None:
             self.tasks.on_task_finished(finished)
 
@@ -141,7 +92,4 @@ class DirectTasks:
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         """Let the last group commit land (shutdown)."""
-        writer = self._writer
-        if writer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(writer), timeout_s)
+        await self._finishes.drain(timeout_s)

@@ -19,18 +19,21 @@ budget counts the hold against it at once and gets back whatever is released.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from apiinone.db.database import Database
+from apiinone.db.repositories import ledger_row
 from apiinone.db.uow import SqlUnitOfWork
 from apiinone.domain.accounts import Account, ApiKey
 from apiinone.domain.credits import LedgerKind, format_credits_text
 from apiinone.domain.usage import REQUEST_STATUSES, RequestLogEntry, RequestRecord
 from apiinone.errors import InsufficientCredits
 from apiinone.ids import new_id, now_ms
+from apiinone.services.group_commit import GroupCommit
 from apiinone.telemetry.metrics import observe_request
 
-__all__ = ["DirectHold", "Metering", "RequestRecord"]
+__all__ = ["DirectHold", "HoldAsk", "Metering", "RequestRecord", "Settlement"]
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,42 @@ class DirectHold:
     started_at_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class HoldAsk:
+    """One hold of ``amount`` µcr for a task or a direct call (see :meth:`Metering.hold_many`)."""
+
+    account_id: str
+    api_key_id: str | None
+    amount: int
+    task_id: str | None = None
+    request_id: str | None = None
+    at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The end of a hold of ``held`` µcr: ``charged`` of it captured (``captured``) or all of it
+    released; with ``record``, the request's log row (``request_id`` is its id)."""
+
+    account_id: str
+    api_key_id: str | None
+    held: int
+    charged: int
+    captured: bool
+    at: int
+    task_id: str | None = None
+    request_id: str | None = None
+    record: RequestRecord | None = None
+    key_prefix: str | None = None
+    started_at_ms: int | None = None
+
+
 class Metering:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.direct_holds: GroupCommit[HoldAsk, None] = GroupCommit(db, self.hold_many, name="direct-holds")
+        self.direct_settlements: GroupCommit[Settlement, None] = GroupCommit(db, self._settle_all,
+                                                                             name="direct-settlements")
 
     # --- inside a caller's unit of work ------------------------------------------------------
 
@@ -55,43 +91,103 @@ class Metering:
                    task_id: str | None = None, request_id: str | None = None, at: int | None = None) -> None:
         """Hold ``amount`` µcr, or raise InsufficientCredits (the account's available credits or the
         key's budget are short) leaving the caller's transaction to roll back."""
-        if amount < 0:
-            raise ValueError("a hold is never negative")
+        [refused] = await self.hold_many(uow, [HoldAsk(account_id, api_key_id, amount, task_id, request_id, at)])
+        if refused is not None:
+            raise refused
+
+    async def hold_many(self, uow: SqlUnitOfWork, asks: list[HoldAsk]) -> list[Exception | None]:
+        """Hold each ask in order; for each, None or the InsufficientCredits it was refused with (a
+        refused ask changes nothing). The asks of one account and key are tried first as one sum,
+        one conditional UPDATE for the whole batch; only if the sum does not fit are they held one
+        by one, so each still gets exactly what one conditional UPDATE of its own would give it."""
+        for ask in asks:
+            if ask.amount < 0:
+                raise ValueError("a hold is never negative")
+        results: list[Exception | None] = [None] * len(asks)
+        groups: dict[tuple[str, str | None], list[int]] = {}
+        for i, ask in enumerate(asks):
+            groups.setdefault((ask.account_id, ask.api_key_id), []).append(i)
+        for (account_id, api_key_id), indexes in groups.items():
+            if await self._try_hold(uow, account_id, api_key_id, sum(asks[i].amount for i in indexes)):
+                continue
+            for i in indexes:
+                if len(indexes) == 1 or not await self._try_hold(uow, account_id, api_key_id, asks[i].amount):
+                    results[i] = await self._refusal(uow, asks[i])
+        await uow.ledger.add_many([
+            ledger_row(a.account_id, LedgerKind.HOLD, a.amount, task_id=a.task_id, request_id=a.request_id, at=a.at)
+            for a, refused in zip(asks, results, strict=True) if refused is None])
+        return results
+
+    async def _try_hold(self, uow: SqlUnitOfWork, account_id: str, api_key_id: str | None, amount: int) -> bool:
         if not await uow.accounts.try_hold(account_id, amount):
-            available = (await uow.accounts.credits(account_id)).available
-            what = "task" if task_id is not None else "request"
-            raise InsufficientCredits(f"this {what} costs {format_credits_text(amount)} credits but only "
-                                      f"{format_credits_text(available)} are available")
+            return False
         if api_key_id is not None and not await uow.api_keys.try_spend(api_key_id, amount):
-            raise InsufficientCredits("this API key has used up its credit budget")
-        await uow.ledger.add(account_id, LedgerKind.HOLD, amount, task_id=task_id, request_id=request_id, at=at)
+            await uow.accounts.change(account_id, held=-amount)  # the account's part, given back
+            return False
+        return True
+
+    async def _refusal(self, uow: SqlUnitOfWork, ask: HoldAsk) -> InsufficientCredits:
+        available = (await uow.accounts.credits(ask.account_id)).available
+        if available >= ask.amount:
+            return InsufficientCredits("this API key has used up its credit budget")
+        what = "task" if ask.task_id is not None else "request"
+        return InsufficientCredits(f"this {what} costs {format_credits_text(ask.amount)} credits but only "
+                                   f"{format_credits_text(available)} are available")
 
     async def capture(self, uow: SqlUnitOfWork, *, account_id: str, api_key_id: str | None, held: int,
                       charged: int, task_id: str | None = None, request_id: str | None = None,
                       at: int | None = None) -> None:
         """End a hold of ``held`` µcr by charging ``charged`` of it and releasing the rest."""
-        if not 0 <= charged <= held:
-            raise ValueError(f"a capture of {charged} does not fit a hold of {held}")
-        released = held - charged
-        await uow.accounts.change(account_id, balance=-charged, held=-held)
-        if charged or not released:  # a zero-price success still leaves its capture entry
-            await uow.ledger.add(account_id, LedgerKind.CAPTURE, -charged, task_id=task_id,
-                                 request_id=request_id, at=at)
-        if released:
-            await uow.ledger.add(account_id, LedgerKind.RELEASE, -released, task_id=task_id,
-                                 request_id=request_id, at=at)
-            if api_key_id is not None:
-                await uow.api_keys.refund(api_key_id, released)
+        await self.settle_many(uow, [Settlement(account_id, api_key_id, held, charged, True, at or now_ms(),
+                                                task_id=task_id, request_id=request_id)])
 
     async def release(self, uow: SqlUnitOfWork, *, account_id: str, api_key_id: str | None, held: int,
                       task_id: str | None = None, request_id: str | None = None, at: int | None = None) -> None:
         """End a hold of ``held`` µcr with nothing charged."""
-        if held < 0:
-            raise ValueError("a hold is never negative")
-        await uow.accounts.change(account_id, held=-held)
-        await uow.ledger.add(account_id, LedgerKind.RELEASE, -held, task_id=task_id, request_id=request_id, at=at)
-        if api_key_id is not None and held:
-            await uow.api_keys.refund(api_key_id, held)
+        await self.settle_many(uow, [Settlement(account_id, api_key_id, held, 0, False, at or now_ms(),
+                                                task_id=task_id, request_id=request_id)])
+
+    async def settle_many(self, uow: SqlUnitOfWork, settlements: list[Settlement]) -> None:
+        """End many holds: one UPDATE for the accounts' sums, one for the keys' refunds, one INSERT
+        of the ledger entries and the request-log rows (with their day sums) for all of them."""
+        accounts: dict[str, tuple[int, int]] = {}
+        refunds: dict[str, int] = {}
+        entries: list[dict[str, object]] = []
+        logged: list[RequestLogEntry] = []
+        for s in settlements:
+            if s.held < 0 or not 0 <= s.charged <= s.held or (s.charged and not s.captured):
+                raise ValueError(f"a capture of {s.charged} does not fit a hold of {s.held}")
+            released = s.held - s.charged
+            balance, held = accounts.get(s.account_id, (0, 0))
+            accounts[s.account_id] = (balance - s.charged, held - s.held)
+            if s.captured and (s.charged or not released):  # a zero-price success still leaves its capture
+                entries.append(ledger_row(s.account_id, LedgerKind.CAPTURE, -s.charged, task_id=s.task_id,
+                                          request_id=s.request_id, at=s.at))
+            if released or not s.captured:
+                entries.append(ledger_row(s.account_id, LedgerKind.RELEASE, -released, task_id=s.task_id,
+                                          request_id=s.request_id, at=s.at))
+            if s.api_key_id is not None and released:
+                refunds[s.api_key_id] = refunds.get(s.api_key_id, 0) + released
+            if s.record is not None:
+                logged.append(self._log_entry(s))
+        if logged:  # first: a request already logged (settled twice) fails here, before any money moves
+            await uow.requests.add_many(logged)
+        await uow.accounts.change_many(accounts)
+        await uow.api_keys.refund_many(refunds)
+        await uow.ledger.add_many(entries)
+        for entry in logged:
+            uow.on_commit(_observer(entry))
+
+    def _log_entry(self, s: Settlement) -> RequestLogEntry:
+        record = s.record
+        assert record is not None
+        if record.status not in REQUEST_STATUSES:
+            raise ValueError(f"request status must be one of {', '.join(REQUEST_STATUSES)}")
+        if record.latency_ms is None and s.started_at_ms is not None:
+            record = replace(record, latency_ms=max(0, s.at - s.started_at_ms))
+        return RequestLogEntry(id=s.request_id or new_id("req", s.at), account_id=s.account_id,
+                               api_key_id=s.api_key_id, key_prefix=s.key_prefix, credits=s.charged,
+                               created_at=s.at, record=record)
 
     async def record(self, uow: SqlUnitOfWork, *, account_id: str, api_key_id: str | None,
                      record: RequestRecord, credits: int, key_prefix: str | None = None,
@@ -100,20 +196,16 @@ class Metering:
         """Write the request's one ``request_log`` row (``credits`` = µcr charged); returns its id.
         Without ``key_prefix`` the key's prefix is looked up; without ``latency_ms`` in the record it
         is the time since ``started_at_ms``."""
-        if record.status not in REQUEST_STATUSES:
-            raise ValueError(f"request status must be one of {', '.join(REQUEST_STATUSES)}")
-        now = at if at is not None else now_ms()
         if key_prefix is None and api_key_id is not None:
             key_prefix = await uow.api_keys.prefix_of(api_key_id)
-        if record.latency_ms is None and started_at_ms is not None:
-            record = replace(record, latency_ms=max(0, now - started_at_ms))
-        entry = RequestLogEntry(id=request_id or new_id("req", now), account_id=account_id, api_key_id=api_key_id,
-                                key_prefix=key_prefix, credits=credits, created_at=now, record=record)
+        entry = self._log_entry(Settlement(account_id, api_key_id, credits, credits, True, at if at is not None
+                                           else now_ms(), request_id=request_id, record=record,
+                                           key_prefix=key_prefix, started_at_ms=started_at_ms))
         await uow.requests.add(entry)
-        uow.on_commit(lambda: observe_request(record.type, record.model, record.status, credits, record.latency_ms))
+        uow.on_commit(_observer(entry))
         return entry.id
 
-    # --- direct calls: each step is its own transaction ----------------------------------------
+    # --- direct calls: group-committed, each step in the next shared transaction ---------------
 
     async def open_direct(self, account: Account, key: ApiKey | None, amount: int) -> DirectHold:
         """Hold the most the call can cost before anything is sent upstream (InsufficientCredits
@@ -122,32 +214,34 @@ class Metering:
         hold = DirectHold(request_id=new_id("req", now), account_id=account.id,
                           api_key_id=key.id if key else None, key_prefix=key.prefix if key else None,
                           amount=amount, started_at_ms=now)
-        async with self.db.uow() as uow:
-            await self.hold(uow, account_id=hold.account_id, api_key_id=hold.api_key_id, amount=amount,
-                            request_id=hold.request_id, at=now)
-            await uow.commit()
+        await self.direct_holds.submit(HoldAsk(hold.account_id, hold.api_key_id, amount,
+                                               request_id=hold.request_id, at=now))
         return hold
 
     async def settle_direct(self, hold: DirectHold, charged: int, record: RequestRecord) -> None:
         """Capture the real usage (clamped to the hold), release the rest and log the request, in
         one transaction. Settling a hold twice fails in the database and changes nothing."""
-        charged = max(0, min(charged, hold.amount))
-        async with self.db.uow() as uow:
-            now = now_ms()
-            await self.capture(uow, account_id=hold.account_id, api_key_id=hold.api_key_id, held=hold.amount,
-                               charged=charged, request_id=hold.request_id, at=now)
-            await self.record(uow, account_id=hold.account_id, api_key_id=hold.api_key_id, record=record,
-                              credits=charged, key_prefix=hold.key_prefix, request_id=hold.request_id,
-                              started_at_ms=hold.started_at_ms, at=now)
-            await uow.commit()
+        await self._end_direct(hold, max(0, min(charged, hold.amount)), True, record)
 
     async def release_direct(self, hold: DirectHold, record: RequestRecord) -> None:
         """Nothing is charged (the call failed or was never answered); the request is still logged."""
-        async with self.db.uow() as uow:
-            now = now_ms()
-            await self.release(uow, account_id=hold.account_id, api_key_id=hold.api_key_id, held=hold.amount,
-                               request_id=hold.request_id, at=now)
-            await self.record(uow, account_id=hold.account_id, api_key_id=hold.api_key_id, record=record,
-                              credits=0, key_prefix=hold.key_prefix, request_id=hold.request_id,
-                              started_at_ms=hold.started_at_ms, at=now)
-            await uow.commit()
+        await self._end_direct(hold, 0, False, record)
+
+    async def _end_direct(self, hold: DirectHold, charged: int, captured: bool, record: RequestRecord) -> None:
+        await self.direct_settlements.submit(Settlement(
+            hold.account_id, hold.api_key_id, hold.amount, charged, captured, now_ms(),
+            request_id=hold.request_id, record=record, key_prefix=hold.key_prefix,
+            started_at_ms=hold.started_at_ms))
+
+    async def _settle_all(self, uow: SqlUnitOfWork, settlements: list[Settlement]) -> list[Exception | None]:
+        await self.settle_many(uow, settlements)
+        return [None] * len(settlements)
+
+    async def drain(self) -> None:
+        await self.direct_holds.drain()
+        await self.direct_settlements.drain()
+
+
+def _observer(entry: RequestLogEntry) -> Callable[[], None]:
+    r = entry.record
+    return lambda: observe_request(r.type, r.model, r.status, entry.credits, r.latency_ms)

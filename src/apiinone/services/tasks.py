@@ -34,7 +34,8 @@ from apiinone.errors import (
 )
 from apiinone.ids import new_id, now_ms
 from apiinone.kinds.base import Deferred
-from apiinone.services.metering import Metering, RequestRecord
+from apiinone.services.group_commit import BatchConflict, GroupCommit
+from apiinone.services.metering import HoldAsk, Metering, RequestRecord, Settlement
 
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 MAX_IDEMPOTENCY_KEY_CHARS = 255
@@ -67,6 +68,19 @@ class IdempotencyClaim:
 
 
 @dataclass(frozen=True, slots=True)
+class DirectFinish:
+    """How one direct task ends (see :meth:`TaskService.finish_direct_many`)."""
+
+    task: Task
+    status: TaskStatus
+    output: dict[str, Any] | None
+    error: dict[str, str] | None
+    route: str | None
+    http_status: int
+    key_prefix: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class DirectLease:
     """A task the API process runs itself: it is inserted ``running`` under this lease, which the
     process renews while the call lasts (see ``services/direct.py``)."""
@@ -93,6 +107,12 @@ async def read_account_task(db: Database, account_id: str, task_id: str) -> Task
     return task
 
 
+@dataclass(frozen=True, slots=True)
+class _DirectCreate:
+    task: Task
+    max_active_tasks: int | None
+
+
 class TaskService:
     def __init__(self, db: Database, catalog_source: Callable[[], Catalog], *,
                  is_available: Callable[[ModelSpec], bool], base_url: Callable[[], str],
@@ -113,6 +133,8 @@ class TaskService:
         self.on_remote_cancel = on_remote_cancel
         """Cancels a canceled task's job upstream (best effort, after the commit)."""
         self.on_task_progress = on_task_progress
+        self._direct_creates: GroupCommit[_DirectCreate, None] = GroupCommit(
+            db, self._create_direct_many, name="direct-create")
 
     def resolve_model(self, name: str, *, key: ApiKey | None = None, type_: str | None = None) -> ModelSpec:
         """The launched model ``name`` names, checked for this key, this route's type and an upstream."""
@@ -174,6 +196,9 @@ class TaskService:
         if direct is not None:
             task = dataclasses.replace(task, status=TaskStatus.RUNNING, node=direct.node, lease_token=direct.token,
                                        lease_expires_at=direct.expires_at, attempts=DIRECT_ATTEMPTS, started_at=now)
+        if direct is not None and idempotency is None:  # the hot path: group-committed with its neighbours
+            await self._direct_creates.submit(_DirectCreate(task, max_active_tasks))
+            return CreateResult(task=task)
         if idempotency is not None:
             replay = await self._replay(account.id, idempotency)
             if replay is not None:
@@ -205,6 +230,37 @@ class TaskService:
         if direct is None:
             self.on_task_created()
         return CreateResult(task=task)
+
+    async def _create_direct_many(self, uow: SqlUnitOfWork, creates: list[_DirectCreate]) -> list[Exception | None]:
+        """Hold and insert many direct tasks in the caller's transaction (their group commit), each
+        refused on its own exactly as :meth:`create_task` would refuse it alone: an account's
+        active-task limit is counted once per account for the batch, then the holds are made
+        together. Where a refused hold would have left room for a task refused by the limit, the
+        batch is redone one task at a time (BatchConflict) so the limit is never off by one."""
+        results: list[Exception | None] = [None] * len(creates)
+        active: dict[str, int] = {}
+        limited: set[str] = set()
+        for i, create in enumerate(creates):
+            if create.max_active_tasks is None:
+                continue
+            account_id = create.task.account_id
+            if account_id not in active:
+                active[account_id] = await uow.tasks.count_active(account_id)
+            if active[account_id] >= create.max_active_tasks:
+                results[i] = RateLimited(f"this account already has {create.max_active_tasks} queued or running tasks")
+                limited.add(account_id)
+            else:
+                active[account_id] += 1
+        asks = [(i, HoldAsk(c.task.account_id, c.task.api_key_id, c.task.price, task_id=c.task.id,
+                            at=c.task.created_at)) for i, c in enumerate(creates) if results[i] is None]
+        refusals = await self.metering.hold_many(uow, [ask for _, ask in asks])
+        for (i, ask), refused in zip(asks, refusals, strict=True):
+            if refused is not None:
+                if ask.account_id in limited:
+                    raise BatchConflict("a refused hold would have left room under the active-task limit")
+                results[i] = refused
+        await uow.tasks.add_many([c.task for c, r in zip(creates, results, strict=True) if r is None])
+        return results
 
     async def _replay(self, account_id: str, claim: IdempotencyClaim) -> CreateResult | None:
         async with self.db.uow(write=False) as uow:
@@ -322,6 +378,45 @@ class TaskService:
                                   lease_token=task.lease_token, output=output, error=error, route=route,
                                   http_status=http_status, direct=True, key_prefix=key_prefix)
 
+    async def finish_direct_many(self, uow: SqlUnitOfWork, ops: list[DirectFinish]) -> list[Exception | Task | None]:
+        """End many direct tasks in the caller's transaction (their group commit) with a handful of
+        statements: one compare-and-set per task (one executemany where the driver counts its rows),
+        then their money and request-log rows together. If any of them had already ended, raise
+        BatchConflict: the group commit then ends each alone, through :meth:`finish_in`."""
+        if len(ops) == 1:
+            op = ops[0]
+            return [await self.finish_in(uow, op.task, op.status, output=op.output, error=op.error, route=op.route,
+                                         http_status=op.http_status, key_prefix=op.key_prefix)]
+        now = now_ms()
+        finishes = []
+        settlements = []
+        finished: list[Task] = []
+        for op in ops:
+            task = op.task
+            charged = task.price if op.status is TaskStatus.SUCCEEDED else 0
+            finishes.append({"f_id": task.id, "f_token": task.lease_token, "f_status": op.status.value,
+                             "f_output": op.output, "f_error": op.error,
+                             "f_charged": charged, "f_at": now, "f_route": op.route})
+            done = dataclasses.replace(task, status=op.status, output=op.output, error=op.error, charged=charged,
+                                       finished_at=now, lease_token=None, lease_expires_at=None,
+                                       route=op.route if op.route is not None else task.route)
+            key_prefix = op.key_prefix
+            if key_prefix is None and task.api_key_id is not None:
+                key_prefix = await uow.api_keys.prefix_of(task.api_key_id)
+            settlements.append(Settlement(
+                task.account_id, task.api_key_id, task.price, charged, op.status is TaskStatus.SUCCEEDED, now,
+                task_id=task.id, key_prefix=key_prefix,
+                record=RequestRecord(type=done.type, model=done.model, status=op.status.value,
+                                     http_status=op.http_status, route=done.route,
+                                     latency_ms=max(0, now - done.created_at), task_id=task.id)))
+            finished.append(done)
+        if not await uow.tasks.finish_leased_many(finishes):
+            raise BatchConflict("a direct task of the batch had already ended")
+        await self.metering.settle_many(uow, settlements)
+        for ended in finished:
+            await self._announce(uow, ended, now)
+        return list(finished)
+
     async def _finish(self, uow: SqlUnitOfWork, task: Task, status: TaskStatus, *,
                       from_statuses: Sequence[TaskStatus] | frozenset[TaskStatus],
                       lease_token: str | None = None, output: dict[str, Any] | None = None,
@@ -352,10 +447,14 @@ class TaskService:
             key_prefix=key_prefix, record=RequestRecord(type=finished.type, model=finished.model, status=status.value,
                                  http_status=http_status, route=finished.route,
                                  latency_ms=max(0, now - finished.created_at), task_id=task.id))
-        await uow.notify(TASK_EVENTS_CHANNEL, f"{status.value} {task.id}")  # waiters in other processes
+        await self._announce(uow, finished, now)
+        return finished
+
+    async def _announce(self, uow: SqlUnitOfWork, finished: Task, now: int) -> None:
+        """Tell waiters in other processes, and queue the task's webhook if it has one."""
+        await uow.notify(TASK_EVENTS_CHANNEL, f"{finished.status.value} {finished.id}")
         if finished.callback_url:
             await uow.webhooks.enqueue(
-                delivery_id=new_id("msg", now), task_id=task.id, account_id=task.account_id,
+                delivery_id=new_id("msg", now), task_id=finished.id, account_id=finished.account_id,
                 url=finished.callback_url, payload=orjson.dumps(finished.to_public(self.base_url())), at=now)
             await uow.notify(WEBHOOKS_CHANNEL)
-        return finished

@@ -26,6 +26,13 @@ BREAKER_STATE = Gauge(
 QUEUE_DEPTH = Gauge("apiinone_queue_depth", "Tasks waiting to run (queued), across the cluster.")
 TASKS_IN_FLIGHT = Gauge("apiinone_tasks_in_flight", "Tasks running now, across the cluster.")
 
+GROUP_COMMIT_TRANSACTIONS = Counter(
+    "apiinone_group_commit_transactions", "Transactions written by a group-commit writer (direct-create, "
+    "direct-finish, direct-holds, direct-settlements).", ["writer"])
+GROUP_COMMIT_ITEMS = Counter(
+    "apiinone_group_commit_items", "Items those transactions wrote: items / transactions is the batch size.",
+    ["writer"])
+
 _STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
 

@@ -44,7 +44,7 @@ from apiinone.upstreams.http import json_object, transport_error
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["OpenAIImages", "error_from_response"]
+__all__ = ["OpenAIImages", "auth_headers", "error_from_response", "post_json"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class OpenAIImages:
     async def generate_images(self, target: RouteTarget, job: ImageJob) -> ImageResult:
         session = self.json_session() if not job.inputs else None
         if session is not None:
-            payload = await self._post_json(session, target, f"{target.base_url}/images/generations",
+            payload = await post_json(session, target, f"{target.base_url}/images/generations",
                                             orjson.dumps(self._generation_fields(target, job)))
         else:
             payload = await self._send_for_json(target, self._build_request(target, job))
@@ -88,7 +88,7 @@ class OpenAIImages:
                 "POST",
                 f"{target.base_url}/images/generations",
                 content=orjson.dumps(fields),
-                headers={**_auth(target), "Content-Type": "application/json"},
+                headers={**auth_headers(target), "Content-Type": "application/json"},
                 timeout=target.timeout_s,
             )
         files = [("image[]", (img.filename, img.data, img.content_type)) for img in job.inputs]
@@ -99,7 +99,7 @@ class OpenAIImages:
             f"{target.base_url}/images/edits",
             data={k: str(v) for k, v in fields.items()},
             files=files,
-            headers=_auth(target),
+            headers=auth_headers(target),
             timeout=target.timeout_s,
         )
 
@@ -122,23 +122,6 @@ class OpenAIImages:
                 value = job.extra[key]
                 fields[key] = int(value) if key == "output_compression" and value.isdigit() else value
         return fields
-
-    async def _post_json(self, session: aiohttp.ClientSession, target: RouteTarget, url: str,
-                         body: bytes) -> dict[str, Any]:
-        """POST a JSON body with the lean client; failures are classified exactly as for httpx."""
-        import aiohttp  # already imported by the session's creation
-
-        headers = {**_auth(target), "Content-Type": "application/json"}
-        try:
-            async with session.post(url, data=body, headers=headers,
-                                    timeout=aiohttp.ClientTimeout(total=target.timeout_s)) as response:
-                status, raw = response.status, await response.read()
-                answer_headers = list(response.headers.items())
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise transport_error(target, exc) from None
-        if status == 200:
-            return json_object(raw)
-        raise error_from_response(target, httpx.Response(status, headers=answer_headers, content=raw))
 
     async def _send_for_json(self, target: RouteTarget, request: httpx.Request) -> dict[str, Any]:
         try:
@@ -213,7 +196,25 @@ def _described(data: bytes, fallback_type: str, b64: str | None = None) -> Gener
     return GeneratedImage(data=data, content_type=content_type, width=width, height=height, b64=b64)
 
 
-def _auth(target: RouteTarget) -> dict[str, str]:
+async def post_json(session: aiohttp.ClientSession, target: RouteTarget, url: str, body: bytes) -> dict[str, Any]:
+    """POST a JSON body with the lean client (``json_session``); failures are classified exactly
+    as for httpx."""
+    import aiohttp  # already imported by the session's creation
+
+    headers = {**auth_headers(target), "Content-Type": "application/json"}
+    try:
+        async with session.post(url, data=body, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=target.timeout_s)) as response:
+            status, raw = response.status, await response.read()
+            answer_headers = list(response.headers.items())
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise transport_error(target, exc) from None
+    if status == 200:
+        return json_object(raw)
+    raise error_from_response(target, httpx.Response(status, headers=answer_headers, content=raw))
+
+
+def auth_headers(target: RouteTarget) -> dict[str, str]:
     return {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
 
 
