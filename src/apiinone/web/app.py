@@ -49,6 +49,9 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
         title="apiinone", version=__version__, lifespan=lifespan,
         description="One HTTP API, one API key and one credit balance in front of many AI models.",
         docs_url=None, redoc_url=None,  # /docs: web/routes/reference.py, from vendored assets
+        # FastAPI's own OpenTelemetry asks the global providers on every request; our spans come
+        # from telemetry/tracing.py, only when an OTLP endpoint is configured
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.container = container
     if container.tracer is not None and container.tracer.enabled:
@@ -59,26 +62,36 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
     app.state.on_stop = []
     _install_error_handlers(app)
 
-    from apiinone.web.routes import admin_api, api, deliveries, media, ops, reference
+    from apiinone.web.routes import (
+        admin_api,
+        anthropic_messages,
+        api,
+        chat,
+        deliveries,
+        events,
+        media,
+        openai_compat,
+        ops,
+        reference,
+        speech,
+    )
 
+    # The OpenAI- and Anthropic-shaped routes first: they carry the most traffic, and a request
+    # is matched against the routers in this order (no two routers here share a path).
+    app.include_router(anthropic_messages.router)
+    app.include_router(chat.openai_router)  # before openai_compat: its routes are more general
+    app.include_router(openai_compat.router)
+    app.include_router(speech.compat_router)
     app.include_router(api.router)
     app.include_router(media.router)
     app.include_router(ops.router)
     app.include_router(deliveries.router)
     app.include_router(admin_api.router)
     app.include_router(reference.router)
-    from apiinone.web.routes import anthropic_messages, chat, events, openai_compat
-
     app.include_router(events.router)
-    app.include_router(anthropic_messages.router)
-    app.include_router(chat.openai_router)  # before openai_compat: its routes are more general
-    app.include_router(openai_compat.router)
     app.include_router(chat.router)
     app.include_router(chat.console_router)
-    from apiinone.web.routes import speech
-
     app.include_router(speech.api_router)
-    app.include_router(speech.compat_router)
 
     from apiinone.web.routes import pages
 

@@ -20,7 +20,6 @@ from every message and never sent to hosts an upstream names in ``url`` results.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import email.utils
 import logging
@@ -30,7 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
+import pybase64
 
+from apiinone.kinds.image.header import image_header
 from apiinone.kinds.image.job import GeneratedImage, ImageJob, ImageResult
 from apiinone.upstreams.base import (
     ContentPolicyError,
@@ -147,7 +148,7 @@ class OpenAIImages:
             b64 = item.get("b64_json")
             if isinstance(b64, str):
                 try:
-                    data = base64.b64decode(b64, validate=True)
+                    data = pybase64.b64decode(b64, validate=True)  # SIMD: ~30x the stdlib's speed
                 except (binascii.Error, ValueError):
                     raise UpstreamError("upstream returned an image that is not valid base64") from None
             elif isinstance(item.get("url"), str):
@@ -185,6 +186,10 @@ class OpenAIImages:
 
 def _described(data: bytes, fallback_type: str, b64: str | None = None) -> GeneratedImage:
     """Read size and format from the image header only; the pixels are never decoded here."""
+    header = image_header(data)
+    if header is not None:
+        content_type, width, height = header
+        return GeneratedImage(data=data, content_type=content_type, width=width, height=height, b64=b64)
     from PIL import Image, UnidentifiedImageError  # imported on first use, like every Pillow import
 
     try:

@@ -27,7 +27,6 @@ sent an ``Idempotency-Key``: that says it will retry and collect the same result
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -39,6 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+import pybase64
 import structlog
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
@@ -556,7 +556,7 @@ def _images_body_bytes(task: Task, params: ImageParams, output: Mapping[str, Any
     parts = [head[:split]]
     for i, image in enumerate(generated):
         parts.append(b'{"b64_json":"' if i == 0 else b',{"b64_json":"')
-        parts.append(image.b64.encode("ascii") if image.b64 is not None else base64.b64encode(image.data))
+        parts.append(image.b64.encode("ascii") if image.b64 is not None else pybase64.b64encode(image.data))
         parts.append(b'"}')
     parts.append(head[split:])
     return b"".join(parts)
@@ -655,8 +655,8 @@ async def _images_body(container: Container, task: Task, params: ImageParams,
 
 async def _image_b64(container: Container, url: str, held: GeneratedImage | None) -> str:
     if held is not None:
-        return held.b64 if held.b64 is not None else base64.b64encode(held.data).decode()
-    return base64.b64encode(await _image_bytes(container, url)).decode()
+        return held.b64 if held.b64 is not None else pybase64.b64encode(held.data).decode()
+    return pybase64.b64encode(await _image_bytes(container, url)).decode()
 
 
 async def _image_bytes(container: Container, url: str) -> bytes:
