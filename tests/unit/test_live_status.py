@@ -92,7 +92,7 @@ async def test_hub_signals_only_the_watchers_of_a_task(tmp_path: Path) -> None:
 
 async def test_offered_images_reach_only_the_watchers_of_their_task(tmp_path: Path) -> None:
     hub = TaskEvents(Database(f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}"), poll_s=60)
-    image = GeneratedImage(data=b"png", content_type="image/png", width=1, height=1, b64="cG5n")
+    image = GeneratedImage(data=b"png", content_type="image/png", width=1, height=1, b64=b"cG5n")
     try:
         hub.offer_images("tsk_1", {"http://x/files/a.png": image})  # nobody waits: nothing is kept
         with hub.watch("tsk_1") as one, hub.watch("tsk_2") as two:

@@ -52,9 +52,9 @@ class GeneratedImage:
     content_type: str
     width: int
     height: int
-    b64: str | None = field(default=None, repr=False, compare=False)
-    """The upstream's own base64 of ``data`` when it answered with one, so that a ``b64_json``
-    answer can hand it on instead of encoding the bytes again."""
+    b64: bytes | None = field(default=None, repr=False, compare=False)
+    """The upstream's own base64 of ``data`` (ASCII bytes) when it answered with one, so that a
+    ``b64_json`` answer can hand it on instead of encoding the bytes again."""
 
 
 @dataclass(frozen=True, slots=True)

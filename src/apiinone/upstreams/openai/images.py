@@ -71,11 +71,12 @@ class OpenAIImages:
     async def generate_images(self, target: RouteTarget, job: ImageJob) -> ImageResult:
         session = self.json_session() if not job.inputs else None
         if session is not None:
-            payload = await post_json(session, target, f"{target.base_url}/images/generations",
-                                            orjson.dumps(self._generation_fields(target, job)))
+            raw = await post_json_raw(session, target, f"{target.base_url}/images/generations",
+                                      orjson.dumps(self._generation_fields(target, job)))
         else:
-            payload = await self._send_for_json(target, self._build_request(target, job))
-        images = await self._images_from(payload, job)
+            raw = await self._send_for_json(target, self._build_request(target, job))
+        payload, cut = without_b64(raw)
+        images = await self._images_from(payload, job, cut)
         usage = payload.get("usage")
         return ImageResult(images=images, usage=usage if isinstance(usage, dict) else None)
 
@@ -124,18 +125,21 @@ class OpenAIImages:
                 fields[key] = int(value) if key == "output_compression" and value.isdigit() else value
         return fields
 
-    async def _send_for_json(self, target: RouteTarget, request: httpx.Request) -> dict[str, Any]:
+    async def _send_for_json(self, target: RouteTarget, request: httpx.Request) -> bytes:
+        """The body of a 200 answer (the caller parses it)."""
         try:
             response = await self._client.send(request)
         except httpx.TransportError as exc:
             raise transport_error(target, exc) from None
         if response.status_code == 200:
-            return json_object(response.content)
+            return response.content
         raise error_from_response(target, response)
 
     # ------------------------------------------------------------------------------------------ result
 
-    async def _images_from(self, payload: dict[str, Any], job: ImageJob) -> tuple[GeneratedImage, ...]:
+    async def _images_from(self, payload: dict[str, Any], job: ImageJob,
+                           cut: list[bytes] | None = None) -> tuple[GeneratedImage, ...]:
+        """``cut``: the base64 values :func:`without_b64` took out of ``payload``, in order."""
         items = payload.get("data")
         if not isinstance(items, list) or not items:
             raise UpstreamError("upstream returned no images")
@@ -145,8 +149,10 @@ class OpenAIImages:
         for item in items:
             if not isinstance(item, dict):
                 raise UpstreamError("upstream returned an unexpected image entry")
-            b64 = item.get("b64_json")
-            if isinstance(b64, str):
+            b64: bytes | str | None = item.get("b64_json")
+            if cut and b64 == "":
+                b64 = cut.pop(0)
+            if isinstance(b64, bytes | str):
                 try:
                     data = pybase64.b64decode(b64, validate=True)  # SIMD: ~30x the stdlib's speed
                 except (binascii.Error, ValueError):
@@ -184,8 +190,10 @@ class OpenAIImages:
             ) from None
 
 
-def _described(data: bytes, fallback_type: str, b64: str | None = None) -> GeneratedImage:
+def _described(data: bytes, fallback_type: str, b64: bytes | str | None = None) -> GeneratedImage:
     """Read size and format from the image header only; the pixels are never decoded here."""
+    if isinstance(b64, str):
+        b64 = b64.encode("ascii")  # validated base64: ASCII
     header = image_header(data)
     if header is not None:
         content_type, width, height = header
@@ -201,9 +209,64 @@ def _described(data: bytes, fallback_type: str, b64: str | None = None) -> Gener
     return GeneratedImage(data=data, content_type=content_type, width=width, height=height, b64=b64)
 
 
+_B64_KEY = b'"b64_json"'
+_JSON_SPACE = b" \t\r\n"
+
+
+def without_b64(raw: bytes) -> tuple[dict[str, Any], list[bytes] | None]:
+    """A 200 Images answer parsed with its base64 values cut out first, and those values as bytes.
+
+    Parsing the whole body makes a megabyte-long ``str`` of every image only to decode it again;
+    base64 never holds a quote or a backslash, so each ``"b64_json"`` value ends at the next quote
+    and can be lifted out as it is and handed on (to the decoder, and to the client's answer). The
+    pattern can only be a key: inside a JSON string every quote is escaped. Any surprise (an escape
+    in a value, a rest that does not parse or does not hold exactly the emptied values) falls back
+    to parsing the body whole (``cut`` None)."""
+    cut: list[bytes] = []
+    parts: list[bytes] = []
+    at = 0
+    while (key := raw.find(_B64_KEY, at)) >= 0:
+        start = _value_start(raw, key + len(_B64_KEY))
+        end = raw.find(b'"', start) if start >= 0 else -1
+        if end < 0 or raw.find(b"\\", start, end) >= 0:
+            return json_object(raw), None
+        parts.append(raw[at:start])
+        cut.append(raw[start:end])
+        at = end
+    if not cut:
+        return json_object(raw), None
+    parts.append(raw[at:])
+    try:
+        payload = json_object(b"".join(parts))
+    except UpstreamError:
+        return json_object(raw), None
+    items = payload.get("data")
+    emptied = sum(1 for i in items if isinstance(i, dict) and i.get("b64_json") == "") if isinstance(items, list) else 0
+    if emptied != len(cut):
+        return json_object(raw), None
+    return payload, cut
+
+
+def _value_start(raw: bytes, i: int) -> int:
+    """Just past the opening quote of the string value after a key ending at ``i``; -1 if none."""
+    while i < len(raw) and raw[i] in _JSON_SPACE:
+        i += 1
+    if i >= len(raw) or raw[i] != 0x3A:  # ':'
+        return -1
+    i += 1
+    while i < len(raw) and raw[i] in _JSON_SPACE:
+        i += 1
+    return i + 1 if i < len(raw) and raw[i] == 0x22 else -1  # '"'
+
+
 async def post_json(session: aiohttp.ClientSession, target: RouteTarget, url: str, body: bytes) -> dict[str, Any]:
     """POST a JSON body with the lean client (``json_session``); failures are classified exactly
     as for httpx."""
+    return json_object(await post_json_raw(session, target, url, body))
+
+
+async def post_json_raw(session: aiohttp.ClientSession, target: RouteTarget, url: str, body: bytes) -> bytes:
+    """:func:`post_json`, answering the 200 body unparsed."""
     import aiohttp  # already imported by the session's creation
 
     headers = {**auth_headers(target), "Content-Type": "application/json"}
@@ -215,7 +278,7 @@ async def post_json(session: aiohttp.ClientSession, target: RouteTarget, url: st
     except (TimeoutError, aiohttp.ClientError) as exc:
         raise transport_error(target, exc) from None
     if status == 200:
-        return json_object(raw)
+        return raw
     raise error_from_response(target, httpx.Response(status, headers=answer_headers, content=raw))
 
 

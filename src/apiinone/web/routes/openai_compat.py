@@ -556,7 +556,7 @@ def _images_body_bytes(task: Task, params: ImageParams, output: Mapping[str, Any
     parts = [head[:split]]
     for i, image in enumerate(generated):
         parts.append(b'{"b64_json":"' if i == 0 else b',{"b64_json":"')
-        parts.append(image.b64.encode("ascii") if image.b64 is not None else pybase64.b64encode(image.data))
+        parts.append(image.b64 if image.b64 is not None else pybase64.b64encode(image.data))
         parts.append(b'"}')
     parts.append(head[split:])
     return b"".join(parts)
@@ -655,7 +655,7 @@ async def _images_body(container: Container, task: Task, params: ImageParams,
 
 async def _image_b64(container: Container, url: str, held: GeneratedImage | None) -> str:
     if held is not None:
-        return held.b64 if held.b64 is not None else pybase64.b64encode(held.data).decode()
+        return (held.b64 if held.b64 is not None else pybase64.b64encode(held.data)).decode()
     return pybase64.b64encode(await _image_bytes(container, url)).decode()
 
 
