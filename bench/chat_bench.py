@@ -105,7 +105,9 @@ def chat_rows(rows: dict[str, dict[str, object]], *, seconds: float, connections
         stack.callback(fake.stop)
         env = _chat_env(workdir, fake, database_url)
         key = bench.cli(env, "admin", "create-key", bench.EMAIL, "--name", "chat-bench")
-        server = bench.start_server(env, workdir, "apiinone-chat", [])
+        # no embedded worker: the data directory still holds the queued tasks of the creation row,
+        # and a worker drawing them would load the machine under this row
+        server = bench.start_server(env, workdir, "apiinone-chat", ["--no-worker"])
         stack.callback(server.stop)
         auth = f"Bearer {key}"
         direct = bench.wrk(fake.port, "/v1/chat/completions", connections=connections, seconds=seconds,
