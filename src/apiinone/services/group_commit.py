@@ -1,26 +1,28 @@
-"""Group commit: the writes that many requests ask for in one event-loop turn share a transaction.
+"""Group commit: the writes that many requests ask for in a few event-loop turns share a transaction.
 
 A transaction costs a fixed price (on SQLite: the write lock, BEGIN, COMMIT; on PostgreSQL: round
 trips and a WAL flush) whatever it holds, and most of a request's statements can be run for many
-rows at once. So each kind of direct write (holds of direct calls, their settlements, ends of
-direct tasks) queues its items here; one writer at a time takes everything queued so far, writes
-it in one transaction with ``write(uow, items)`` and wakes each caller with its own result. While
-that transaction is being written the next batch fills up, so under load a batch holds dozens of
-items and at rest it holds one (a lone request waits for no timer).
+rows at once. Each kind of direct write is a *lane* (:class:`GroupCommit`: holds of direct calls,
+their settlements, creates and ends of direct tasks) with its own ``write(uow, items)``; all the
+lanes of one database share one writer (:class:`_Committer`). The writer takes everything queued
+on every lane, runs each lane's ``write`` on its items in one transaction, commits once and wakes
+each caller with its own result. So a request's hold and another's settlement, a task's create and
+another's end, go to the disk together; at rest a lone request waits for no timer.
 
 ``write`` returns one result per item, in order: a value, or an exception *instance* for an item
-that failed on its own (a hold that does not fit) without spoiling the others. If ``write`` raises,
-the transaction rolls back and every item of that batch is written alone, so one bad item (a
-duplicate key, a task that ended meanwhile) fails only itself.
+that failed on its own (a hold that does not fit) without spoiling the others. If any ``write``
+raises, the transaction rolls back and every item of that batch is written alone, so one bad item
+(a duplicate key, a task that ended meanwhile) fails only itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 
@@ -41,34 +43,65 @@ class BatchConflict(Exception):
 
 
 @dataclass(slots=True)
-class _Queued(Generic[T, R]):
-    item: T
-    done: asyncio.Future[R] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+class _Queued:
+    lane: GroupCommit[Any, Any]
+    item: Any
+    done: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class GroupCommit(Generic[T, R]):
+    """One lane: items of one kind, written by ``write`` in the shared transaction."""
+
     def __init__(self, db: Database, write: Callable[[SqlUnitOfWork, list[T]], Awaitable[list[Exception | R]]],
                  *, name: str, after_commit: Callable[[T, R], None] | None = None) -> None:
         self.db = db
         self.name = name
-        self._write_items = write
-        self._after_commit = after_commit
-        self._pending: list[_Queued[T, R]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self.write = write
+        self.after_commit = after_commit
         self.transactions = 0
-        """Transactions written (each for one or more items)."""
+        """Transactions that wrote items of this lane."""
         self.items = 0
-        self._transactions_metric = GROUP_COMMIT_TRANSACTIONS.labels(name)
-        self._items_metric = GROUP_COMMIT_ITEMS.labels(name)
+        self.transactions_metric = GROUP_COMMIT_TRANSACTIONS.labels(name)
+        self.items_metric = GROUP_COMMIT_ITEMS.labels(name)
 
     async def submit(self, item: T) -> R:
         """Write ``item`` in the next group commit; its result, or its failure raised. A caller that
         is canceled while waiting still has its item written (the write may already be under way)."""
-        queued: _Queued[T, R] = _Queued(item)
+        queued = _Queued(self, item)
+        _committer(self.db).enqueue(queued)
+        result: R = await asyncio.shield(queued.done)
+        return result
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Let the last group commit land (shutdown)."""
+        await _committer(self.db).drain(timeout_s)
+
+
+_COMMITTERS: weakref.WeakKeyDictionary[Database, _Committer] = weakref.WeakKeyDictionary()
+
+
+def _committer(db: Database) -> _Committer:
+    committer = _COMMITTERS.get(db)
+    if committer is None:
+        committer = _COMMITTERS[db] = _Committer(db)
+    return committer
+
+
+class _Committer:
+    """The one writer of a database's lanes."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._pending: list[_Queued] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    def enqueue(self, queued: _Queued) -> None:
+        loop = asyncio.get_running_loop()
+        if self._writer is not None and self._writer.get_loop() is not loop:  # that loop is gone
+            self._writer, self._pending = None, []
         self._pending.append(queued)
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_pending(), name=f"group-commit-{self.name}")
-        return await asyncio.shield(queued.done)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending(), name="group-commit")
 
     async def _write_pending(self) -> None:
         try:
@@ -78,14 +111,13 @@ class GroupCommit(Generic[T, R]):
                     break
                 batch, self._pending = self._pending, []
                 try:
-                    results = await self._write([q.item for q in batch])
+                    results = await self._write(batch)
                 except Exception as exc:  # one bad item must not fail the others: write each alone
                     if not isinstance(exc, BatchConflict):
-                        log.warning("group_commit_batch_failed", writer=self.name, size=len(batch),
-                                    error=type(exc).__name__)
+                        log.warning("group_commit_batch_failed", size=len(batch), error=type(exc).__name__)
                     for queued in batch:
                         try:
-                            [one] = await self._write([queued.item])
+                            [one] = await self._write([queued])
                         except Exception as single:
                             one = single
                         self._resolve(queued, one)
@@ -95,14 +127,13 @@ class GroupCommit(Generic[T, R]):
         finally:
             self._writer = None
             if self._pending:  # asked for while this writer was stopping
-                self._writer = asyncio.create_task(self._write_pending(), name=f"group-commit-{self.name}")
+                self._writer = asyncio.create_task(self._write_pending(), name="group-commit")
 
     async def _gather(self) -> None:
         """Let the batch fill: one loop turn, then more turns for as long as each brought new items
         (at most ``_MAX_GATHER_TURNS``). A lone request waits one turn; under load, the requests
-        that reached this point in the same few turns share the transaction. On SQLite the write
-        itself never yields to the loop, so without this a batch could only hold the items of a
-        single turn."""
+        that reached a write in the same few turns share the transaction. On SQLite the write
+        itself never yields to the loop, so without this a batch could only hold one turn's items."""
         seen = -1
         for _ in range(_MAX_GATHER_TURNS):
             if len(self._pending) == seen:
@@ -110,17 +141,27 @@ class GroupCommit(Generic[T, R]):
             seen = len(self._pending)
             await asyncio.sleep(0)
 
-    async def _write(self, items: list[T]) -> list[Exception | R]:
+    async def _write(self, batch: list[_Queued]) -> list[Any]:
+        """Each lane's items through its ``write``, lane by lane in order of first arrival, in one
+        transaction; the results in the order of ``batch``."""
+        lanes: dict[GroupCommit[Any, Any], list[int]] = {}
+        for i, queued in enumerate(batch):
+            lanes.setdefault(queued.lane, []).append(i)
+        results: list[Any] = [None] * len(batch)
         async with self.db.uow() as uow:
-            results = await self._write_items(uow, items)
+            for lane, indexes in lanes.items():
+                written = await lane.write(uow, [batch[i].item for i in indexes])
+                for i, result in zip(indexes, written, strict=True):
+                    results[i] = result
             await uow.commit()
-        self.transactions += 1
-        self.items += len(items)
-        self._transactions_metric.inc()
-        self._items_metric.inc(len(items))
+        for lane, indexes in lanes.items():
+            lane.transactions += 1
+            lane.items += len(indexes)
+            lane.transactions_metric.inc()
+            lane.items_metric.inc(len(indexes))
         return results
 
-    def _resolve(self, queued: _Queued[T, R], result: Exception | R) -> None:
+    def _resolve(self, queued: _Queued, result: Any) -> None:
         if queued.done.done():
             return
         if isinstance(result, Exception):
@@ -128,11 +169,10 @@ class GroupCommit(Generic[T, R]):
             queued.done.exception()  # a caller that went away must not leave "exception never retrieved"
             return
         queued.done.set_result(result)
-        if self._after_commit is not None:
-            self._after_commit(queued.item, result)
+        if queued.lane.after_commit is not None:
+            queued.lane.after_commit(queued.item, result)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
-        """Let the last group commit land (shutdown)."""
         writer = self._writer
         if writer is not None:
             with contextlib.suppress(Exception):
