@@ -11,6 +11,7 @@ from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text,
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from apiinone.db import hot
 from apiinone.db import tables as t
 from apiinone.domain.accounts import Account, ApiKey
 from apiinone.domain.credits import Credits, LedgerEntry, LedgerKind
@@ -41,6 +42,10 @@ _REFUND = (
     update(t.api_keys).where(t.api_keys.c.id == bindparam("key_id"))
     .values(credits_spent=t.api_keys.c.credits_spent - bindparam("amount"))
 )
+_KEY_PREFIX = select(t.api_keys.c.prefix).where(t.api_keys.c.id == bindparam("key_id"))
+_COUNT_ACTIVE = select(func.count()).select_from(t.tasks).where(  # no IN list: a plain statement (db/hot.py)
+    t.tasks.c.account_id == bindparam("account_id"),
+    or_(t.tasks.c.status == TaskStatus.QUEUED.value, t.tasks.c.status == TaskStatus.RUNNING.value))
 ACCOUNT_CREATION_LOCK = 0x61696F0001
 """The PostgreSQL advisory lock key that account creations take in turn ("aio" + 1)."""
 _INSERT_TASK = insert(t.tasks)
@@ -151,17 +156,15 @@ class AccountRepository:
 
     async def try_hold(self, account_id: str, amount: int) -> bool:
         """Hold ``amount`` iff available stays ≥ 0: one conditional UPDATE, atomic on both engines."""
-        result = await self.conn.execute(_HOLD, {"account_id": account_id, "amount": amount})
-        return result.rowcount == 1
+        return await hot.run(self.conn, _HOLD, {"account_id": account_id, "amount": amount}) == 1
 
     async def change(self, account_id: str, *, balance: int = 0, held: int = 0) -> None:
-        await self.conn.execute(_CHANGE, {"account_id": account_id, "balance": balance, "held": held})
+        await hot.run(self.conn, _CHANGE, {"account_id": account_id, "balance": balance, "held": held})
 
     async def change_many(self, changes: dict[str, tuple[int, int]]) -> None:
         """Add ``(balance, held)`` to each account, in one statement."""
         rows = [{"account_id": a, "balance": b, "held": h} for a, (b, h) in changes.items()]
-        if rows:
-            await self.conn.execute(_CHANGE, rows if len(rows) > 1 else rows[0])
+        await hot.run(self.conn, _CHANGE, rows)
 
     async def try_debit(self, account_id: str, amount: int) -> bool:
         """Lower the balance iff available stays ≥ 0 (admin deductions)."""
@@ -220,21 +223,18 @@ class ApiKeyRepository:
 
     async def try_spend(self, key_id: str, amount: int) -> bool:
         """Count ``amount`` against the key's budget iff it stays within the budget."""
-        result = await self.conn.execute(_SPEND, {"key_id": key_id, "amount": amount})
-        return result.rowcount == 1
+        return await hot.run(self.conn, _SPEND, {"key_id": key_id, "amount": amount}) == 1
 
     async def prefix_of(self, key_id: str) -> str | None:
-        row = (await self.conn.execute(select(t.api_keys.c.prefix).where(t.api_keys.c.id == key_id))).first()
+        row = await hot.first_row(self.conn, _KEY_PREFIX, {"key_id": key_id})
         return None if row is None else str(row[0])
 
     async def refund(self, key_id: str, amount: int) -> None:
-        await self.conn.execute(_REFUND, {"key_id": key_id, "amount": amount})
+        await hot.run(self.conn, _REFUND, {"key_id": key_id, "amount": amount})
 
     async def refund_many(self, refunds: dict[str, int]) -> None:
         """Give each key back ``amount`` of its budget, in one statement."""
-        rows = [{"key_id": k, "amount": a} for k, a in refunds.items() if a]
-        if rows:
-            await self.conn.execute(_REFUND, rows if len(rows) > 1 else rows[0])
+        await hot.run(self.conn, _REFUND, [{"key_id": k, "amount": a} for k, a in refunds.items() if a])
 
 
 def ledger_row(account_id: str, kind: LedgerKind, amount: int, *, task_id: str | None = None,
@@ -251,13 +251,12 @@ class LedgerRepository:
     async def add(self, account_id: str, kind: LedgerKind, amount: int, *, task_id: str | None = None,
                   request_id: str | None = None, note: str | None = None, actor: str | None = None,
                   at: int | None = None) -> None:
-        await self.conn.execute(_INSERT_LEDGER, ledger_row(account_id, kind, amount, task_id=task_id,
-                                                           request_id=request_id, note=note, actor=actor, at=at))
+        await hot.run(self.conn, _INSERT_LEDGER, ledger_row(account_id, kind, amount, task_id=task_id,
+                                                            request_id=request_id, note=note, actor=actor, at=at))
 
     async def add_many(self, rows: list[dict[str, Any]]) -> None:
         """Entries made by :func:`ledger_row`, in one statement."""
-        if rows:
-            await self.conn.execute(_INSERT_LEDGER, rows if len(rows) > 1 else rows[0])
+        await hot.run(self.conn, _INSERT_LEDGER, rows)
 
     async def list(self, account_id: str, *, limit: int, before_id: int | None = None,
                    kind: str | None = None) -> list[LedgerEntry]:
@@ -296,8 +295,7 @@ class TaskRepository:
             "run_after": 0, "created_at": task.created_at, "node": task.node, "lease_token": task.lease_token,
             "lease_expires_at": task.lease_expires_at, "started_at": task.started_at,
         } for task in tasks]
-        if rows:
-            await self.conn.execute(_INSERT_TASK, rows if len(rows) > 1 else rows[0])
+        await hot.run(self.conn, _INSERT_TASK, rows)
 
     async def get(self, task_id: str, account_id: str | None = None) -> Task | None:
         if account_id is None:
@@ -328,9 +326,8 @@ class TaskRepository:
         return {str(s): int(n) for s, n in (await self.conn.execute(stmt)).all()}
 
     async def count_active(self, account_id: str) -> int:
-        stmt = select(func.count()).select_from(t.tasks).where(
-            t.tasks.c.account_id == account_id, t.tasks.c.status.in_(("queued", "running")))
-        return int((await self.conn.execute(stmt)).scalar_one())
+        row = await hot.first_row(self.conn, _COUNT_ACTIVE, {"account_id": account_id})
+        return int(row[0]) if row else 0
 
     async def finish(self, task_id: str, *, status: TaskStatus, from_statuses: Sequence[TaskStatus],
                      lease_token: str | None = None, output: Any = None, error: Any = None,
@@ -361,10 +358,10 @@ class TaskRepository:
                 continue
             stmt = _leased_finish_statement(with_route)
             if len(rows) > 1 and self.conn.dialect.supports_sane_multi_rowcount:
-                done += (await self.conn.execute(stmt, rows)).rowcount
+                done += await hot.run(self.conn, stmt, rows)
             else:
                 for row in rows:
-                    done += (await self.conn.execute(stmt, row)).rowcount
+                    done += await hot.run(self.conn, stmt, row)
         return done == len(finishes)
 
     async def defer(self, task_id: str, *, lease_token: str, remote_job: Any, route: str, poll_at: int) -> bool:

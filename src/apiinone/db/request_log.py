@@ -11,6 +11,7 @@ from sqlalchemy import Select, case, delete, func, insert, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from apiinone.db import hot
 from apiinone.db import tables as t
 from apiinone.db.dialect import insert_or_add
 from apiinone.domain.usage import DAY_MS, RequestLogEntry, RequestRecord, UsageRow
@@ -88,10 +89,10 @@ class RequestLogRepository:
             row["input_tokens"] += record.input_tokens or 0
             row["output_tokens"] += record.output_tokens or 0
         rows = builtins.list(sums.values())
-        await self.conn.execute(insert_or_add(self.conn, t.usage_daily, _SUMS), rows if len(rows) > 1 else rows[0])
+        await hot.run(self.conn, insert_or_add(self.conn, t.usage_daily, _SUMS), rows)
         logged = [{"id": e.id, "account_id": e.account_id, "api_key_id": e.api_key_id, "key_prefix": e.key_prefix,
                    "credits": e.credits, "created_at": e.created_at, **dataclasses.asdict(e.record)} for e in entries]
-        await self.conn.execute(_INSERT, logged if len(logged) > 1 else logged[0])
+        await hot.run(self.conn, _INSERT, logged)
 
     async def usage(self, account_id: str, *, start_ms: int, end_ms: int, group_by: str) -> list[UsageRow]:
         """Sums per UTC day, model or key prefix over ``start_ms <= created_at < end_ms``."""
