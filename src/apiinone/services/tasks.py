@@ -369,24 +369,11 @@ class TaskService:
             self.on_task_finished(finished)
         return finished
 
-    async def finish_in(self, uow: SqlUnitOfWork, task: Task, status: TaskStatus, *, output: dict[str, Any] | None,
-                        error: dict[str, str] | None, route: str | None, http_status: int,
-                        key_prefix: str | None = None) -> Task | None:
-        """End a direct task inside the caller's transaction (its group commit): the same
-        compare-and-set on the lease, money movement, request-log row and events as any finish."""
-        return await self._finish(uow, task, status, from_statuses=(TaskStatus.RUNNING,),
-                                  lease_token=task.lease_token, output=output, error=error, route=route,
-                                  http_status=http_status, direct=True, key_prefix=key_prefix)
-
     async def finish_direct_many(self, uow: SqlUnitOfWork, ops: list[DirectFinish]) -> list[Exception | Task | None]:
         """End many direct tasks in the caller's transaction (their group commit) with a handful of
         statements: one compare-and-set per task (one executemany where the driver counts its rows),
-        then their money and request-log rows together. If any of them had already ended, raise
-        BatchConflict: the group commit then ends each alone, through :meth:`finish_in`."""
-        if len(ops) == 1:
-            op = ops[0]
-            return [await self.finish_in(uow, op.task, op.status, output=op.output, error=op.error, route=op.route,
-                                         http_status=op.http_status, key_prefix=op.key_prefix)]
+        then their money and request-log rows together. A task that had already ended is None when
+        it is alone; in a batch, BatchConflict: the group commit then ends each alone."""
         now = now_ms()
         finishes = []
         settlements = []
@@ -411,6 +398,8 @@ class TaskService:
                                      latency_ms=max(0, now - done.created_at), task_id=task.id)))
             finished.append(done)
         if not await uow.tasks.finish_leased_many(finishes):
+            if len(ops) == 1:
+                return [None]  # it had already ended (canceled, or swept): nothing was written
             raise BatchConflict("a direct task of the batch had already ended")
         await self.metering.settle_many(uow, settlements)
         for ended in finished:
@@ -421,7 +410,7 @@ class TaskService:
                       from_statuses: Sequence[TaskStatus] | frozenset[TaskStatus],
                       lease_token: str | None = None, output: dict[str, Any] | None = None,
                       error: dict[str, str] | None = None, route: str | None = None,
-                      http_status: int = 202, direct: bool = False, key_prefix: str | None = None) -> Task | None:
+                      http_status: int = 202) -> Task | None:
         now = now_ms()
         charged = task.price if status is TaskStatus.SUCCEEDED else 0
         if not await uow.tasks.finish(task.id, status=status, from_statuses=list(from_statuses),
@@ -434,17 +423,12 @@ class TaskService:
         else:
             await self.metering.release(uow, account_id=task.account_id, api_key_id=task.api_key_id,
                                         held=task.price, task_id=task.id, at=now)
-        if direct:  # only this compare-and-set changes a direct task's row: no need to read it back
-            finished: Task | None = dataclasses.replace(
-                task, status=status, output=output, error=error, charged=charged, finished_at=now,
-                lease_token=None, lease_expires_at=None, route=route if route is not None else task.route)
-        else:
-            finished = await uow.tasks.get(task.id)
+        finished = await uow.tasks.get(task.id)
         assert finished is not None
         # a queued create was answered 202 with the task; latency runs from then to the end
         await self.metering.record(
             uow, account_id=task.account_id, api_key_id=task.api_key_id, credits=charged, at=now,
-            key_prefix=key_prefix, record=RequestRecord(type=finished.type, model=finished.model, status=status.value,
+            record=RequestRecord(type=finished.type, model=finished.model, status=status.value,
                                  http_status=http_status, route=finished.route,
                                  latency_ms=max(0, now - finished.created_at), task_id=task.id))
         await self._announce(uow, finished, now)
