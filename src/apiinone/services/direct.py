@@ -23,7 +23,7 @@ from apiinone.db.database import Database
 from apiinone.domain.tasks import Task, TaskStatus
 from apiinone.ids import new_id, now_ms
 from apiinone.services.group_commit import GroupCommit
-from apiinone.services.tasks import DirectFinish, DirectLease, TaskService
+from apiinone.services.tasks import DirectLease, LeasedFinish, TaskService
 
 log = structlog.get_logger(__name__)
 
@@ -38,8 +38,8 @@ class DirectTasks:
         self._tokens: dict[str, str] = {}
         """Lease token of each direct task this process is running."""
         self._key_prefixes: dict[str, str | None] = {}
-        self._finishes: GroupCommit[DirectFinish, Task | None] = GroupCommit(
-            db, tasks.finish_direct_many, name="direct-finish", after_commit=self._finished)
+        self._finishes: GroupCommit[LeasedFinish, Task | None] = GroupCommit(
+            db, tasks.finish_leased_many, name="direct-finish", after_commit=self._finished)
 
     @property
     def transactions(self) -> int:
@@ -64,14 +64,14 @@ class DirectTasks:
                      http_status: int) -> Task | None:
         """End the task (capture on success, release otherwise) in the next group commit. None if
         it had already ended (canceled through the task API, or swept after its lease ran out)."""
-        op = DirectFinish(task, status, output, error, route, http_status, self._key_prefixes.get(task.id))
+        op = LeasedFinish(task, status, output, error, route, http_status, self._key_prefixes.get(task.id))
         try:
             return await self._finishes.submit(op)  # a canceled request still ends its task
         finally:
             self._tokens.pop(task.id, None)  # ended, or failed to: either way its lease may run out
             self._key_prefixes.pop(task.id, None)
 
-    def _finished(self, _op: DirectFinish, finished: Task | None) -> None:
+    def _finished(self, _op: LeasedFinish, finished: Task | None) -> None:
         if finished is not None:
             self.tasks.on_task_finished(finished)
 

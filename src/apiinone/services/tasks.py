@@ -68,8 +68,9 @@ class IdempotencyClaim:
 
 
 @dataclass(frozen=True, slots=True)
-class DirectFinish:
-    """How one direct task ends (see :meth:`TaskService.finish_direct_many`)."""
+class LeasedFinish:
+    """How one leased task ends: a direct task, or a queued one its worker completed (see
+    :meth:`TaskService.finish_leased_many`). ``task.lease_token`` is the lease it ends under."""
 
     task: Task
     status: TaskStatus
@@ -135,6 +136,8 @@ class TaskService:
         self.on_task_progress = on_task_progress
         self._direct_creates: GroupCommit[_DirectCreate, None] = GroupCommit(
             db, self._create_direct_many, name="direct-create")
+        self._completions: GroupCommit[LeasedFinish, Task | None] = GroupCommit(
+            db, self.finish_leased_many, name="task-complete")
 
     def resolve_model(self, name: str, *, key: ApiKey | None = None, type_: str | None = None) -> ModelSpec:
         """The launched model ``name`` names, checked for this key, this route's type and an upstream."""
@@ -314,11 +317,10 @@ class TaskService:
     async def complete_task(self, task: Task, lease_token: str, output: dict[str, Any], *,
                             route: str | None = None) -> Task | None:
         """Succeed a leased task: capture the price. None if the lease was lost (canceled, or
-        taken over after expiry), in which case nothing is charged by this worker."""
-        async with self.db.uow() as uow:
-            finished = await self._finish(uow, task, TaskStatus.SUCCEEDED, from_statuses=(TaskStatus.RUNNING,),
-                                          lease_token=lease_token, output=output, route=route)
-            await uow.commit()
+        taken over after expiry), in which case nothing is charged by this worker. Group-committed
+        with the other completions (and direct writes) of the same few loop turns."""
+        finished = await self._completions.submit(LeasedFinish(
+            dataclasses.replace(task, lease_token=lease_token), TaskStatus.SUCCEEDED, output, None, route, 202, None))
         if finished is not None:
             self.on_task_finished(finished)
         return finished
@@ -369,8 +371,8 @@ class TaskService:
             self.on_task_finished(finished)
         return finished
 
-    async def finish_direct_many(self, uow: SqlUnitOfWork, ops: list[DirectFinish]) -> list[Exception | Task | None]:
-        """End many direct tasks in the caller's transaction (their group commit) with a handful of
+    async def finish_leased_many(self, uow: SqlUnitOfWork, ops: list[LeasedFinish]) -> list[Exception | Task | None]:
+        """End many leased tasks in the caller's transaction (their group commit) with a handful of
         statements: one compare-and-set per task (one executemany where the driver counts its rows),
         then their money and request-log rows together. A task that had already ended is None when
         it is alone; in a batch, BatchConflict: the group commit then ends each alone."""
