@@ -403,6 +403,16 @@ class IdempotencyRepository:
         return int(result.rowcount or 0)
 
 
+def _finish_values(with_route: bool) -> dict[str, Any]:
+    values: dict[str, Any] = {"status": bindparam("f_status"), "output": bindparam("f_output"),
+                              "error": bindparam("f_error"), "charged": bindparam("f_charged"),
+                              "finished_at": bindparam("f_at"), "lease_token": None, "lease_expires_at": None,
+                              "poll_at": None}
+    if with_route:
+        values["route"] = bindparam("f_route")
+    return values
+
+
 @functools.cache
 def _finish_statement(by_token: bool, with_route: bool) -> Any:
     """The finish compare-and-set, built once per shape (values are bound per call)."""
@@ -410,27 +420,15 @@ def _finish_statement(by_token: bool, with_route: bool) -> Any:
     conds = [c.id == bindparam("f_id"), c.status.in_(bindparam("f_from", expanding=True))]
     if by_token:
         conds.append(c.lease_token == bindparam("f_token"))
-    values: dict[str, Any] = {"status": bindparam("f_status"), "output": bindparam("f_output"),
-                              "error": bindparam("f_error"), "charged": bindparam("f_charged"),
-                              "finished_at": bindparam("f_at"), "lease_token": None, "lease_expires_at": None,
-                              "poll_at": None}
-    if with_route:
-        values["route"] = bindparam("f_route")
-    return update(t.tasks).where(and_(*conds)).values(**values)
+    return update(t.tasks).where(and_(*conds)).values(**_finish_values(with_route))
 
 
 @functools.cache
 def _leased_finish_statement(with_route: bool) -> Any:
     """:func:`_finish_statement` for a running task under a lease, without the expanding IN (so it
-    can be run as an executemany)."""
+    can be run as an executemany, and by db/hot.py)."""
     c = t.tasks.c
-    values: dict[str, Any] = {"status": bindparam("f_status"), "output": bindparam("f_output"),
-                              "error": bindparam("f_error"), "charged": bindparam("f_charged"),
-                              "finished_at": bindparam("f_at"), "lease_token": None, "lease_expires_at": None,
-                              "poll_at": None}
-    if with_route:
-        values["route"] = bindparam("f_route")
     return (update(t.tasks)
             .where(c.id == bindparam("f_id"), c.status == TaskStatus.RUNNING.value,
                    c.lease_token == bindparam("f_token"))
-            .values(**values))
+            .values(**_finish_values(with_route)))
