@@ -2,9 +2,10 @@
 
 A transaction costs a fixed price (on SQLite: the write lock, BEGIN, COMMIT; on PostgreSQL: round
 trips and a WAL flush) whatever it holds, and most of a request's statements can be run for many
-rows at once. Each kind of direct write is a *lane* (:class:`GroupCommit`: holds of direct calls,
-their settlements, creates and ends of direct tasks) with its own ``write(uow, items)``; all the
-lanes of one database share one writer (:class:`_Committer`). The writer takes everything queued
+rows at once. Each kind of hot write is a *lane* (:class:`GroupCommit`: task creates, workers'
+completions, ends of direct tasks, holds of direct calls and their settlements) with its own
+``write(uow, items)``; all the lanes of one database share one writer (:class:`_Committer`). It
+takes everything queued
 on every lane, runs each lane's ``write`` on its items in one transaction, commits once and wakes
 each caller with its own result. So a request's hold and another's settlement, a task's create and
 another's end, go to the disk together; at rest a lone request waits for no timer.

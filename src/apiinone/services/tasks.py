@@ -109,7 +109,7 @@ async def read_account_task(db: Database, account_id: str, task_id: str) -> Task
 
 
 @dataclass(frozen=True, slots=True)
-class _DirectCreate:
+class _Create:
     task: Task
     max_active_tasks: int | None
 
@@ -134,8 +134,7 @@ class TaskService:
         self.on_remote_cancel = on_remote_cancel
         """Cancels a canceled task's job upstream (best effort, after the commit)."""
         self.on_task_progress = on_task_progress
-        self._direct_creates: GroupCommit[_DirectCreate, None] = GroupCommit(
-            db, self._create_direct_many, name="direct-create")
+        self._creates: GroupCommit[_Create, None] = GroupCommit(db, self._create_many, name="task-create")
         self._completions: GroupCommit[LeasedFinish, Task | None] = GroupCommit(
             db, self.finish_leased_many, name="task-complete")
 
@@ -199,8 +198,10 @@ class TaskService:
         if direct is not None:
             task = dataclasses.replace(task, status=TaskStatus.RUNNING, node=direct.node, lease_token=direct.token,
                                        lease_expires_at=direct.expires_at, attempts=DIRECT_ATTEMPTS, started_at=now)
-        if direct is not None and idempotency is None:  # the hot path: group-committed with its neighbours
-            await self._direct_creates.submit(_DirectCreate(task, max_active_tasks))
+        if idempotency is None:  # the hot path: group-committed with its neighbours
+            await self._creates.submit(_Create(task, max_active_tasks))
+            if direct is None:
+                self.on_task_created()
             return CreateResult(task=task)
         if idempotency is not None:
             replay = await self._replay(account.id, idempotency)
@@ -234,8 +235,8 @@ class TaskService:
             self.on_task_created()
         return CreateResult(task=task)
 
-    async def _create_direct_many(self, uow: SqlUnitOfWork, creates: list[_DirectCreate]) -> list[Exception | None]:
-        """Hold and insert many direct tasks in the caller's transaction (their group commit), each
+    async def _create_many(self, uow: SqlUnitOfWork, creates: list[_Create]) -> list[Exception | None]:
+        """Hold and insert many tasks in the caller's transaction (their group commit), each
         refused on its own exactly as :meth:`create_task` would refuse it alone: an account's
         active-task limit is counted once per account for the batch, then the holds are made
         together. Where a refused hold would have left room for a task refused by the limit, the
@@ -262,7 +263,10 @@ class TaskService:
                 if ask.account_id in limited:
                     raise BatchConflict("a refused hold would have left room under the active-task limit")
                 results[i] = refused
-        await uow.tasks.add_many([c.task for c, r in zip(creates, results, strict=True) if r is None])
+        created = [c.task for c, r in zip(creates, results, strict=True) if r is None]
+        await uow.tasks.add_many(created)
+        if any(task.status is TaskStatus.QUEUED for task in created):
+            await uow.notify(TASKS_CHANNEL)  # once for the batch: workers in other processes lease
         return results
 
     async def _replay(self, account_id: str, claim: IdempotencyClaim) -> CreateResult | None:

@@ -27,8 +27,8 @@ QUEUE_DEPTH = Gauge("apiinone_queue_depth", "Tasks waiting to run (queued), acro
 TASKS_IN_FLIGHT = Gauge("apiinone_tasks_in_flight", "Tasks running now, across the cluster.")
 
 GROUP_COMMIT_TRANSACTIONS = Counter(
-    "apiinone_group_commit_transactions", "Transactions that wrote items of a group-commit lane (direct-create, "
-    "direct-finish, direct-holds, direct-settlements, task-complete).", ["writer"])
+    "apiinone_group_commit_transactions", "Transactions that wrote items of a group-commit lane (task-create, "
+    "task-complete, direct-finish, direct-holds, direct-settlements).", ["writer"])
 GROUP_COMMIT_ITEMS = Counter(
     "apiinone_group_commit_items", "Items those transactions wrote: items / transactions is the batch size.",
     ["writer"])
