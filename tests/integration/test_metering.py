@@ -332,3 +332,36 @@ async def test_request_log_and_usage_are_in_the_openapi_spec(sqlite_harness: App
     assert {p["name"] for p in paths["/api/v1/account/requests"]["get"]["parameters"]} == {
         "limit", "cursor", "model", "type"}
     assert {p["name"] for p in paths["/api/v1/account/usage"]["get"]["parameters"]} == {"from", "to", "group_by"}
+
+
+@pytest.mark.postgres
+async def test_two_processes_group_commits_never_deadlock(pg_url: str) -> None:
+    """Two API processes (two pools) hold and settle on one account and key at once: their batches
+    lock rows in one order, so no batch ever fails (a deadlock would, after PostgreSQL's 1 s)."""
+    from apiinone.services.group_commit import failed_batches
+
+    one, two = Database(pg_url, pool_size=10), Database(pg_url, pool_size=10)
+    try:
+        account = await new_account(one, 10_000)
+        created = await AccountService(one).create_api_key(account.id, "both", credit_budget=9_000 * M)
+        key = created.key
+        meterings = [Metering(one), Metering(two)]
+        open_holds: list[list[DirectHold]] = [[], []]
+
+        async def step(side: int, i: int) -> None:
+            metering = meterings[side]
+            if open_holds[side] and (i + side) % 3:  # the two sides start their batches differently
+                await metering.settle_direct(open_holds[side].pop(0), 10_000 + i, chat())
+            open_holds[side].append(await metering.open_direct(account, key, 1 * M))
+
+        for round_ in range(25):
+            await asyncio.gather(*(step(side, round_ * 8 + i) for side in (0, 1) for i in range(8)))
+        for side in (0, 1):
+            await asyncio.gather(*(meterings[side].release_direct(h, chat("canceled")) for h in open_holds[side]))
+        assert failed_batches(one) == failed_batches(two) == 0
+        credits, sums, rows = await state(one, account.id)
+        assert credits.held == 0 and len(rows) == 2 * 25 * 8
+        assert_ledger_matches(credits, sums)
+    finally:
+        await one.dispose()
+        await two.dispose()

@@ -162,8 +162,8 @@ class AccountRepository:
         await hot.run(self.conn, _CHANGE, {"account_id": account_id, "balance": balance, "held": held})
 
     async def change_many(self, changes: dict[str, tuple[int, int]]) -> None:
-        """Add ``(balance, held)`` to each account, in one statement."""
-        rows = [{"account_id": a, "balance": b, "held": h} for a, (b, h) in changes.items()]
+        """Add ``(balance, held)`` to each account, in one statement (in id order: see settle_many)."""
+        rows = [{"account_id": a, "balance": b, "held": h} for a, (b, h) in sorted(changes.items())]
         await hot.run(self.conn, _CHANGE, rows)
 
     async def try_debit(self, account_id: str, amount: int) -> bool:
@@ -234,7 +234,7 @@ class ApiKeyRepository:
 
     async def refund_many(self, refunds: dict[str, int]) -> None:
         """Give each key back ``amount`` of its budget, in one statement."""
-        await hot.run(self.conn, _REFUND, [{"key_id": k, "amount": a} for k, a in refunds.items() if a])
+        await hot.run(self.conn, _REFUND, [{"key_id": k, "amount": a} for k, a in sorted(refunds.items()) if a])
 
 
 def ledger_row(account_id: str, kind: LedgerKind, amount: int, *, task_id: str | None = None,

@@ -88,7 +88,7 @@ class RequestLogRepository:
             row["credits"] += entry.credits
             row["input_tokens"] += record.input_tokens or 0
             row["output_tokens"] += record.output_tokens or 0
-        rows = builtins.list(sums.values())
+        rows = [sums[k] for k in sorted(sums)]  # in key order: see Metering.settle_many
         await hot.run(self.conn, insert_or_add(self.conn, t.usage_daily, _SUMS), rows)
         logged = [{"id": e.id, "account_id": e.account_id, "api_key_id": e.api_key_id, "key_prefix": e.key_prefix,
                    "credits": e.credits, "created_at": e.created_at, **dataclasses.asdict(e.record)} for e in entries]

@@ -39,7 +39,7 @@ class DirectTasks:
         """Lease token of each direct task this process is running."""
         self._key_prefixes: dict[str, str | None] = {}
         self._finishes: GroupCommit[LeasedFinish, Task | None] = GroupCommit(
-            db, tasks.finish_leased_many, name="direct-finish", after_commit=self._finished)
+            db, tasks.finish_leased_many, name="direct-finish", after_commit=self._finished, lock_order=0)
 
     @property
     def transactions(self) -> int:

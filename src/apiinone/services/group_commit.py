@@ -29,7 +29,7 @@ import structlog
 
 from apiinone.db.database import Database
 from apiinone.db.uow import SqlUnitOfWork
-from apiinone.telemetry.metrics import GROUP_COMMIT_ITEMS, GROUP_COMMIT_TRANSACTIONS
+from apiinone.telemetry.metrics import GROUP_COMMIT_FAILED, GROUP_COMMIT_ITEMS, GROUP_COMMIT_TRANSACTIONS
 
 log = structlog.get_logger(__name__)
 
@@ -54,9 +54,13 @@ class GroupCommit(Generic[T, R]):
     """One lane: items of one kind, written by ``write`` in the shared transaction."""
 
     def __init__(self, db: Database, write: Callable[[SqlUnitOfWork, list[T]], Awaitable[list[Exception | R]]],
-                 *, name: str, after_commit: Callable[[T, R], None] | None = None) -> None:
+                 *, name: str, after_commit: Callable[[T, R], None] | None = None, lock_order: int = 1) -> None:
         self.db = db
         self.name = name
+        self.lock_order = lock_order
+        """Lanes run in this order within a transaction. Rows are locked in one order everywhere
+        (tasks, then accounts, then keys, then the day's sums), so two processes' batches on
+        PostgreSQL wait for each other and never deadlock: lanes that lock task rows go first (0)."""
         self.write = write
         self.after_commit = after_commit
         self.transactions = 0
@@ -81,6 +85,11 @@ class GroupCommit(Generic[T, R]):
 _COMMITTERS: weakref.WeakKeyDictionary[Database, _Committer] = weakref.WeakKeyDictionary()
 
 
+def failed_batches(db: Database) -> int:
+    """How many of this process's batches on ``db`` failed as a whole and were redone item by item."""
+    return _committer(db).failed_batches
+
+
 def _committer(db: Database) -> _Committer:
     committer = _COMMITTERS.get(db)
     if committer is None:
@@ -95,6 +104,8 @@ class _Committer:
         self.db = db
         self._pending: list[_Queued] = []
         self._writer: asyncio.Task[None] | None = None
+        self.failed_batches = 0
+        """Batches that failed as a whole (a duplicate, a deadlock) and were written item by item."""
 
     def enqueue(self, queued: _Queued) -> None:
         loop = asyncio.get_running_loop()
@@ -115,6 +126,8 @@ class _Committer:
                     results = await self._write(batch)
                 except Exception as exc:  # one bad item must not fail the others: write each alone
                     if not isinstance(exc, BatchConflict):
+                        self.failed_batches += 1
+                        GROUP_COMMIT_FAILED.inc()
                         log.warning("group_commit_batch_failed", size=len(batch), error=type(exc).__name__)
                     for queued in batch:
                         try:
@@ -143,14 +156,14 @@ class _Committer:
             await asyncio.sleep(0)
 
     async def _write(self, batch: list[_Queued]) -> list[Any]:
-        """Each lane's items through its ``write``, lane by lane in order of first arrival, in one
+        """Each lane's items through its ``write``, lane by lane (by ``lock_order``), in one
         transaction; the results in the order of ``batch``."""
         lanes: dict[GroupCommit[Any, Any], list[int]] = {}
         for i, queued in enumerate(batch):
             lanes.setdefault(queued.lane, []).append(i)
         results: list[Any] = [None] * len(batch)
         async with self.db.uow() as uow:
-            for lane, indexes in lanes.items():
+            for lane, indexes in sorted(lanes.items(), key=lambda lane: lane[0].lock_order):
                 written = await lane.write(uow, [batch[i].item for i in indexes])
                 for i, result in zip(indexes, written, strict=True):
                     results[i] = result

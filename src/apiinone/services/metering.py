@@ -107,7 +107,7 @@ class Metering:
         groups: dict[tuple[str, str | None], list[int]] = {}
         for i, ask in enumerate(asks):
             groups.setdefault((ask.account_id, ask.api_key_id), []).append(i)
-        for (account_id, api_key_id), indexes in groups.items():
+        for (account_id, api_key_id), indexes in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] or "")):
             if await self._try_hold(uow, account_id, api_key_id, sum(asks[i].amount for i in indexes)):
                 continue
             for i in indexes:
@@ -170,11 +170,12 @@ class Metering:
                 refunds[s.api_key_id] = refunds.get(s.api_key_id, 0) + released
             if s.record is not None:
                 logged.append(self._log_entry(s))
-        if logged:  # first: a request already logged (settled twice) fails here, before any money moves
-            await uow.requests.add_many(logged)
+        # rows are locked in one order everywhere (accounts, then keys, then the day's sums, each by
+        # id): batches of two processes on PostgreSQL then wait for each other, never deadlock
         await uow.accounts.change_many(accounts)
         await uow.api_keys.refund_many(refunds)
         await uow.ledger.add_many(entries)
+        await uow.requests.add_many(logged)  # a request settled twice fails here, and all rolls back
         for entry in logged:
             uow.on_commit(_observer(entry))
 

@@ -136,7 +136,7 @@ class TaskService:
         self.on_task_progress = on_task_progress
         self._creates: GroupCommit[_Create, None] = GroupCommit(db, self._create_many, name="task-create")
         self._completions: GroupCommit[LeasedFinish, Task | None] = GroupCommit(
-            db, self.finish_leased_many, name="task-complete")
+            db, self.finish_leased_many, name="task-complete", lock_order=0)
 
     def resolve_model(self, name: str, *, key: ApiKey | None = None, type_: str | None = None) -> ModelSpec:
         """The launched model ``name`` names, checked for this key, this route's type and an upstream."""

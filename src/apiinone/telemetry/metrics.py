@@ -29,6 +29,9 @@ TASKS_IN_FLIGHT = Gauge("apiinone_tasks_in_flight", "Tasks running now, across t
 GROUP_COMMIT_TRANSACTIONS = Counter(
     "apiinone_group_commit_transactions", "Transactions that wrote items of a group-commit lane (task-create, "
     "task-complete, direct-finish, direct-holds, direct-settlements).", ["writer"])
+GROUP_COMMIT_FAILED = Counter(
+    "apiinone_group_commit_failed_batches", "Group-commit batches that failed as a whole (a duplicate, a "
+    "deadlock) and were written again item by item.")
 GROUP_COMMIT_ITEMS = Counter(
     "apiinone_group_commit_items", "Items those transactions wrote: items / transactions is the batch size.",
     ["writer"])
