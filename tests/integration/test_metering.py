@@ -365,3 +365,23 @@ async def test_two_processes_group_commits_never_deadlock(pg_url: str) -> None:
     finally:
         await one.dispose()
         await two.dispose()
+
+
+async def test_a_direct_hold_whose_request_was_canceled_while_it_waited_is_released(db: Database) -> None:
+    """The hold is written by the group commit even if its caller is canceled meanwhile; nothing
+    would ever settle it, so it is released as soon as it is written."""
+    metering = Metering(db)
+    account = await new_account(db, 5)
+    waiting = asyncio.create_task(metering.open_direct(account, None, 2 * M))
+    await asyncio.sleep(0)  # queued for the next batch
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    for _ in range(500):  # the hold's batch, then the release's
+        credits, sums, _rows = await state(db, account.id)  # credits are read first: held 0 means released
+        if credits.held == 0 and sums.get("hold"):
+            break
+        await asyncio.sleep(0.01)
+    assert (credits.balance, credits.held) == (5 * M, 0)
+    assert sums.get("hold") == 2 * M and sums.get("release") == -2 * M
+    assert_ledger_matches(credits, sums)

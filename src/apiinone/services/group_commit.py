@@ -54,9 +54,14 @@ class GroupCommit(Generic[T, R]):
     """One lane: items of one kind, written by ``write`` in the shared transaction."""
 
     def __init__(self, db: Database, write: Callable[[SqlUnitOfWork, list[T]], Awaitable[list[Exception | R]]],
-                 *, name: str, after_commit: Callable[[T, R], None] | None = None, lock_order: int = 1) -> None:
+                 *, name: str, after_commit: Callable[[T, R], None] | None = None, lock_order: int = 1,
+                 abandoned: Callable[[T, R], Awaitable[None]] | None = None) -> None:
         self.db = db
         self.name = name
+        self.abandoned = abandoned
+        """Called with an item's result when it was written for a caller canceled while it waited
+        (a hold that nobody will settle any more: release it)."""
+        self._cleanups: set[asyncio.Task[None]] = set()
         self.lock_order = lock_order
         """Lanes run in this order within a transaction. Rows are locked in one order everywhere
         (tasks, then accounts, then keys, then the day's sums), so two processes' batches on
@@ -74,8 +79,20 @@ class GroupCommit(Generic[T, R]):
         is canceled while waiting still has its item written (the write may already be under way)."""
         queued = _Queued(self, item)
         _committer(self.db).enqueue(queued)
-        result: R = await asyncio.shield(queued.done)
+        try:
+            result: R = await asyncio.shield(queued.done)
+        except asyncio.CancelledError:
+            if self.abandoned is not None:
+                queued.done.add_done_callback(lambda done: self._clean_up_after(item, done))
+            raise
         return result
+
+    def _clean_up_after(self, item: T, done: asyncio.Future[Any]) -> None:
+        if self.abandoned is None or done.cancelled() or done.exception() is not None:
+            return
+        task: asyncio.Task[None] = asyncio.ensure_future(self.abandoned(item, done.result()))
+        self._cleanups.add(task)  # kept until it ends
+        task.add_done_callback(self._cleanups.discard)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         """Let the last group commit land (shutdown)."""

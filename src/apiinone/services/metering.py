@@ -81,7 +81,8 @@ class Settlement:
 class Metering:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.direct_holds: GroupCommit[HoldAsk, None] = GroupCommit(db, self.hold_many, name="direct-holds")
+        self.direct_holds: GroupCommit[HoldAsk, None] = GroupCommit(db, self.hold_many, name="direct-holds",
+                                                                    abandoned=self._release_abandoned)
         self.direct_settlements: GroupCommit[Settlement, None] = GroupCommit(db, self._settle_all,
                                                                              name="direct-settlements")
 
@@ -233,6 +234,12 @@ class Metering:
             hold.account_id, hold.api_key_id, hold.amount, charged, captured, now_ms(),
             request_id=hold.request_id, record=record, key_prefix=hold.key_prefix,
             started_at_ms=hold.started_at_ms))
+
+    async def _release_abandoned(self, ask: HoldAsk, _result: None) -> None:
+        """A direct hold committed for a request that was canceled while it waited: nothing will
+        call the upstream or settle it, so it is released (no request-log row: no call was made)."""
+        await self.direct_settlements.submit(Settlement(ask.account_id, ask.api_key_id, ask.amount, 0, False,
+                                                        now_ms(), request_id=ask.request_id))
 
     async def _settle_all(self, uow: SqlUnitOfWork, settlements: list[Settlement]) -> list[Exception | None]:
         await self.settle_many(uow, settlements)
