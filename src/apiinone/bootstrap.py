@@ -27,6 +27,7 @@ from apiinone.kinds.video.media import MAX_RESULT_BYTES_OPTION
 from apiinone.net.egress import EgressPolicy, guarded_transport
 from apiinone.ratelimit import RateLimiter
 from apiinone.sealing import SecretBox
+from apiinone.services import group_commit
 from apiinone.services.accounts import AccountService, ApiKeyAuthenticator
 from apiinone.services.billing import BillingService, packs_from_setting
 from apiinone.services.console import ConsoleQueries
@@ -147,8 +148,7 @@ class Container:
             self.delivery = None
         if self.worker is not None:
             await self.worker.stop()
-        await self.direct.drain()
-        await self.metering.drain()
+        await group_commit.drain(self.db)
         for task in self.background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

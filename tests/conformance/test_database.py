@@ -20,7 +20,7 @@ from apiinone.domain.accounts import Account, ApiKey
 from apiinone.domain.catalog import Catalog
 from apiinone.domain.credits import BALANCE_KINDS, UCR_PER_CREDIT, LedgerKind
 from apiinone.domain.tasks import Task, TaskStatus
-from apiinone.errors import InvalidParameter
+from apiinone.errors import InvalidParameter, RateLimited
 from apiinone.ids import new_id, now_ms
 from apiinone.services.accounts import AccountService
 from apiinone.services.tasks import ImageTaskRequest, TaskService
@@ -540,3 +540,30 @@ async def test_balance_equals_sum_of_balance_kinds_after_every_kind_of_movement(
     assert credits.available == credits.balance - credits.held >= 0
     captures = [e for e in entries if e.kind is LedgerKind.CAPTURE]
     assert [(e.task_id, e.amount) for e in captures] == [(created[0].id, -2 * ucr)]
+
+
+async def test_the_active_task_limit_holds_across_processes(database_url: str) -> None:
+    """Two API processes (two engines) create tasks for one account at once, each through its own
+    group commit: the holds lock the account's row before the active tasks are counted, so the
+    limit is never exceeded, whichever process's batch comes first."""
+    engines = [Database(database_url, pool_size=10), Database(database_url, pool_size=10)]
+    try:
+        account = await AccountService(engines[0]).create_user("limit@example.com", credits=1000)
+        services = [TaskService(db, Catalog.load, is_available=lambda _spec: True, base_url=lambda: "http://x")
+                    for db in engines]
+        request = ImageTaskRequest(model="typeset", prompt="p", quality="high")
+
+        async def create(service: TaskService) -> bool:
+            try:
+                await service.create_image_task(account, None, request, max_active_tasks=5)
+            except RateLimited:
+                return False
+            return True
+
+        made = await asyncio.gather(*(create(services[i % 2]) for i in range(24)))
+        async with engines[0].uow(write=False) as uow:
+            active = await uow.tasks.count_active(account.id)
+        assert sum(made) == active == 5
+    finally:
+        for db in engines:
+            await db.dispose()

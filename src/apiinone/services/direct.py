@@ -89,7 +89,3 @@ class DirectTasks:
                     await uow.commit()
             except Exception as exc:  # database briefly down: the next round tries again
                 log.warning("direct_lease_renewal_failed", error=str(exc))
-
-    async def drain(self, timeout_s: float = 5.0) -> None:
-        """Let the last group commit land (shutdown)."""
-        await self._finishes.drain(timeout_s)

@@ -29,6 +29,7 @@ import structlog
 
 from apiinone.db.database import Database
 from apiinone.db.uow import SqlUnitOfWork
+from apiinone.errors import ApiError
 from apiinone.telemetry.metrics import GROUP_COMMIT_FAILED, GROUP_COMMIT_ITEMS, GROUP_COMMIT_TRANSACTIONS
 
 log = structlog.get_logger(__name__)
@@ -94,9 +95,11 @@ class GroupCommit(Generic[T, R]):
         self._cleanups.add(task)  # kept until it ends
         task.add_done_callback(self._cleanups.discard)
 
-    async def drain(self, timeout_s: float = 5.0) -> None:
-        """Let the last group commit land (shutdown)."""
-        await _committer(self.db).drain(timeout_s)
+
+
+async def drain(db: Database, timeout_s: float = 5.0) -> None:
+    """Let the last group commit of every lane on ``db`` land (shutdown): they share one writer."""
+    await _committer(db).drain(timeout_s)
 
 
 _COMMITTERS: weakref.WeakKeyDictionary[Database, _Committer] = weakref.WeakKeyDictionary()
@@ -142,7 +145,7 @@ class _Committer:
                 try:
                     results = await self._write(batch)
                 except Exception as exc:  # one bad item must not fail the others: write each alone
-                    if not isinstance(exc, BatchConflict):
+                    if not isinstance(exc, BatchConflict | ApiError):  # ApiError: a refusal, not a failure
                         self.failed_batches += 1
                         GROUP_COMMIT_FAILED.inc()
                         log.warning("group_commit_batch_failed", size=len(batch), error=type(exc).__name__)

@@ -7,10 +7,10 @@ its money. The hold is one conditional UPDATE (``balance - held >= amount``), so
 on one account never make ``available`` negative, and the database's CHECK constraints refuse
 any movement that would.
 
-Queued tasks call ``hold`` / ``capture`` / ``release`` / ``record`` inside the task service's own
-unit of work (a task exists iff its hold does, and ends iff its capture or release is written).
-Direct calls (chat, speech, synchronous images) have no task row: ``open_direct`` holds in its own
-transaction before the upstream is called, and ``settle_direct`` / ``release_direct`` end it.
+Tasks call ``hold_many`` / ``settle_many`` (or ``capture`` / ``release`` / ``record``) inside the
+task service's unit of work (a task exists iff its hold does, and ends iff its capture or release
+is written). Direct calls (chat, speech) have no task row: ``open_direct`` holds in the next group
+commit before the upstream is called, and ``settle_direct`` / ``release_direct`` end it.
 
 Ledger convention: hold +h, then capture −c and release −(h − c) with 0 ≤ c ≤ h, so
 ``held`` = Σ hold + Σ release + Σ capture and ``balance`` moves by the captures alone. A key with a
@@ -88,14 +88,6 @@ class Metering:
 
     # --- inside a caller's unit of work ------------------------------------------------------
 
-    async def hold(self, uow: SqlUnitOfWork, *, account_id: str, api_key_id: str | None, amount: int,
-                   task_id: str | None = None, request_id: str | None = None, at: int | None = None) -> None:
-        """Hold ``amount`` µcr, or raise InsufficientCredits (the account's available credits or the
-        key's budget are short) leaving the caller's transaction to roll back."""
-        [refused] = await self.hold_many(uow, [HoldAsk(account_id, api_key_id, amount, task_id, request_id, at)])
-        if refused is not None:
-            raise refused
-
     async def hold_many(self, uow: SqlUnitOfWork, asks: list[HoldAsk]) -> list[Exception | None]:
         """Hold each ask in order; for each, None or the InsufficientCredits it was refused with (a
         refused ask changes nothing). The asks of one account and key are tried first as one sum,
@@ -170,7 +162,8 @@ class Metering:
             if s.api_key_id is not None and released:
                 refunds[s.api_key_id] = refunds.get(s.api_key_id, 0) + released
             if s.record is not None:
-                logged.append(self._log_entry(s))
+                logged.append(_log_entry(s.account_id, s.api_key_id, s.key_prefix, s.charged, s.at, s.record,
+                                         s.request_id, s.started_at_ms))
         # rows are locked in one order everywhere (accounts, then keys, then the day's sums, each by
         # id): batches of two processes on PostgreSQL then wait for each other, never deadlock
         await uow.accounts.change_many(accounts)
@@ -179,17 +172,6 @@ class Metering:
         await uow.requests.add_many(logged)  # a request settled twice fails here, and all rolls back
         for entry in logged:
             uow.on_commit(_observer(entry))
-
-    def _log_entry(self, s: Settlement) -> RequestLogEntry:
-        record = s.record
-        assert record is not None
-        if record.status not in REQUEST_STATUSES:
-            raise ValueError(f"request status must be one of {', '.join(REQUEST_STATUSES)}")
-        if record.latency_ms is None and s.started_at_ms is not None:
-            record = replace(record, latency_ms=max(0, s.at - s.started_at_ms))
-        return RequestLogEntry(id=s.request_id or new_id("req", s.at), account_id=s.account_id,
-                               api_key_id=s.api_key_id, key_prefix=s.key_prefix, credits=s.charged,
-                               created_at=s.at, record=record)
 
     async def record(self, uow: SqlUnitOfWork, *, account_id: str, api_key_id: str | None,
                      record: RequestRecord, credits: int, key_prefix: str | None = None,
@@ -200,9 +182,8 @@ class Metering:
         is the time since ``started_at_ms``."""
         if key_prefix is None and api_key_id is not None:
             key_prefix = await uow.api_keys.prefix_of(api_key_id)
-        entry = self._log_entry(Settlement(account_id, api_key_id, credits, credits, True, at if at is not None
-                                           else now_ms(), request_id=request_id, record=record,
-                                           key_prefix=key_prefix, started_at_ms=started_at_ms))
+        entry = _log_entry(account_id, api_key_id, key_prefix, credits, at if at is not None else now_ms(), record,
+                           request_id, started_at_ms)
         await uow.requests.add(entry)
         uow.on_commit(_observer(entry))
         return entry.id
@@ -245,9 +226,17 @@ class Metering:
         await self.settle_many(uow, settlements)
         return [None] * len(settlements)
 
-    async def drain(self) -> None:
-        await self.direct_holds.drain()
-        await self.direct_settlements.drain()
+
+
+def _log_entry(account_id: str, api_key_id: str | None, key_prefix: str | None, credits: int, at: int,
+               record: RequestRecord, request_id: str | None, started_at_ms: int | None) -> RequestLogEntry:
+    """A request's log row; without ``latency_ms`` in the record it is the time since ``started_at_ms``."""
+    if record.status not in REQUEST_STATUSES:
+        raise ValueError(f"request status must be one of {', '.join(REQUEST_STATUSES)}")
+    if record.latency_ms is None and started_at_ms is not None:
+        record = replace(record, latency_ms=max(0, at - started_at_ms))
+    return RequestLogEntry(id=request_id or new_id("req", at), account_id=account_id, api_key_id=api_key_id,
+                           key_prefix=key_prefix, credits=credits, created_at=at, record=record)
 
 
 def _observer(entry: RequestLogEntry) -> Callable[[], None]:

@@ -203,30 +203,21 @@ class TaskService:
             if direct is None:
                 self.on_task_created()
             return CreateResult(task=task)
-        if idempotency is not None:
-            replay = await self._replay(account.id, idempotency)
-            if replay is not None:
-                return replay
+        replay = await self._replay(account.id, idempotency)
+        if replay is not None:
+            return replay
         try:
             async with self.db.uow() as uow:
-                if idempotency is not None:
-                    await uow.idempotency.delete_expired(account.id, idempotency.key, now - IDEMPOTENCY_TTL_MS)
-                    body = render(task) if render else orjson.dumps(task.to_public(self.base_url()))
-                    await uow.idempotency.add(account.id, idempotency.key, route=idempotency.route,
-                                              request_hash=idempotency.request_hash, status_code=status_code,
-                                              response_body=body, task_id=task.id, at=now)
-                await self.metering.hold(uow, account_id=account.id, api_key_id=key.id if key else None,
-                                         amount=price, task_id=task.id, at=now)
-                # the hold above locked the account row, so concurrent creates count one at a time
-                if max_active_tasks is not None and await uow.tasks.count_active(account.id) >= max_active_tasks:
-                    raise RateLimited(f"this account already has {max_active_tasks} queued or running tasks")
-                await uow.tasks.add(task)
-                if direct is None:
-                    await uow.notify(TASKS_CHANNEL)
+                await uow.idempotency.delete_expired(account.id, idempotency.key, now - IDEMPOTENCY_TTL_MS)
+                body = render(task) if render else orjson.dumps(task.to_public(self.base_url()))
+                await uow.idempotency.add(account.id, idempotency.key, route=idempotency.route,
+                                          request_hash=idempotency.request_hash, status_code=status_code,
+                                          response_body=body, task_id=task.id, at=now)
+                [refused] = await self._create_many(uow, [_Create(task, max_active_tasks)])
+                if refused is not None:
+                    raise refused
                 await uow.commit()
         except IntegrityError:
-            if idempotency is None:
-                raise
             replay = await self._replay(account.id, idempotency)
             if replay is None:
                 raise
@@ -236,33 +227,26 @@ class TaskService:
         return CreateResult(task=task)
 
     async def _create_many(self, uow: SqlUnitOfWork, creates: list[_Create]) -> list[Exception | None]:
-        """Hold and insert many tasks in the caller's transaction (their group commit), each
-        refused on its own exactly as :meth:`create_task` would refuse it alone: an account's
-        active-task limit is counted once per account for the batch, then the holds are made
-        together. Where a refused hold would have left room for a task refused by the limit, the
-        batch is redone one task at a time (BatchConflict) so the limit is never off by one."""
-        results: list[Exception | None] = [None] * len(creates)
+        """Hold and insert many tasks in the caller's transaction (a group commit, or an idempotent
+        create's own), each refused exactly as it would be alone: the holds first, which lock each
+        account's row, so concurrent creates of an account count its active tasks one at a time
+        (also across processes); then the active-task limit, counted once per account. A task over
+        the limit rolls the transaction back: raised alone, redone one by one in a batch."""
+        results = await self.metering.hold_many(uow, [
+            HoldAsk(c.task.account_id, c.task.api_key_id, c.task.price, task_id=c.task.id, at=c.task.created_at)
+            for c in creates])
         active: dict[str, int] = {}
-        limited: set[str] = set()
-        for i, create in enumerate(creates):
-            if create.max_active_tasks is None:
+        for create, refused in zip(creates, results, strict=True):
+            if refused is not None or create.max_active_tasks is None:
                 continue
             account_id = create.task.account_id
             if account_id not in active:
                 active[account_id] = await uow.tasks.count_active(account_id)
             if active[account_id] >= create.max_active_tasks:
-                results[i] = RateLimited(f"this account already has {create.max_active_tasks} queued or running tasks")
-                limited.add(account_id)
-            else:
-                active[account_id] += 1
-        asks = [(i, HoldAsk(c.task.account_id, c.task.api_key_id, c.task.price, task_id=c.task.id,
-                            at=c.task.created_at)) for i, c in enumerate(creates) if results[i] is None]
-        refusals = await self.metering.hold_many(uow, [ask for _, ask in asks])
-        for (i, ask), refused in zip(asks, refusals, strict=True):
-            if refused is not None:
-                if ask.account_id in limited:
-                    raise BatchConflict("a refused hold would have left room under the active-task limit")
-                results[i] = refused
+                if len(creates) > 1:
+                    raise BatchConflict("an account reached its active-task limit: each create alone")
+                raise RateLimited(f"this account already has {create.max_active_tasks} queued or running tasks")
+            active[account_id] += 1
         created = [c.task for c, r in zip(creates, results, strict=True) if r is None]
         await uow.tasks.add_many(created)
         if any(task.status is TaskStatus.QUEUED for task in created):
