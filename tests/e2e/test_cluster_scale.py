@@ -127,7 +127,10 @@ async def test_kill9_node_mid_task_another_node_finishes_it_once(tmp_path: Path,
                     await asyncio.sleep(0.05)
 
             await poll(lambda b: b["status"] == "running" and b["node"] == "node41", "node41 to start the task")
-            wait_until(lambda: fake.received >= 1, 30, "node41 to call the upstream")
+            # in flight: arrived, not yet answered (received counts answers, after the 3 s latency,
+            # and node41 could complete in the moment between the answer and the kill)
+            wait_until(lambda: fake.arrived >= 1, 30, "node41 to call the upstream")
+            assert fake.received == 0
             doomed.kill9()
             procs.append(start_worker(env, tmp_path, "node42"))
             done = await poll(lambda b: b["status"] in ("succeeded", "failed"), "the task to end", timeout=120)

@@ -255,6 +255,9 @@ class FakeState:
         self.recorded: deque[RecordedRequest] = deque(maxlen=max_recorded)
         self.failures: deque[ScriptedFailure] = deque()
         self.received = 0
+        """Requests answered (counted when the answer is ready, after any latency)."""
+        self.arrived = 0
+        """Requests that reached the fake, counted before any latency: "the call is in flight"."""
 
     def record(self, rec: RecordedRequest) -> None:
         with self.lock:
@@ -274,6 +277,7 @@ class FakeState:
             self.recorded.clear()
             self.failures.clear()
             self.received = 0
+            self.arrived = 0
 
     def precompute(self) -> None:
         for w, h in SIZES.values():
@@ -514,6 +518,8 @@ def build_app(state: FakeState) -> Starlette:
     """The ASGI app; ``state`` is shared with the controlling test or CLI."""
 
     async def answer(request: Request, rec: RecordedRequest, handle: Any) -> Response:
+        with state.lock:
+            state.arrived += 1
         denied = _check_auth(state, request)
         if denied is not None:
             resp = denied
@@ -866,8 +872,15 @@ class FakeOpenAI:
 
     @property
     def received(self) -> int:
-        """How many API requests arrived since the last reset (counts past ``max_recorded``)."""
+        """How many API requests were answered since the last reset (counts past ``max_recorded``;
+        counted once the answer is ready, i.e. after the configured latency)."""
         return self.state.received
+
+    @property
+    def arrived(self) -> int:
+        """How many API requests reached the fake since the last reset, counted on arrival, before
+        any latency: a call counted here and not in ``received`` is in flight."""
+        return self.state.arrived
 
     @property
     def latency_ms(self) -> float:
