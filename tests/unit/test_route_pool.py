@@ -191,3 +191,20 @@ async def test_the_old_single_route_form_still_works() -> None:
     pool = pool_for({"K_OLD": "kk"})
     [r] = pool.routes(model)
     assert (r.name, r.provider, r.base_url, r.keys, r.upstream_model) == ("echo", "echo", "http://x/v1", ("kk",), "up")
+
+
+async def test_a_model_without_routes_resolves_its_one_route_once() -> None:
+    """The single-route form (no ``routes``) is the same route object on every call, so the pool's
+    cache holds one entry however many requests it serves (it used to grow by one per call)."""
+    pool = pool_for({"K_ECHO": "k"})
+    model = ModelSpec(id="solo", name="solo", type="image", provider="echo", upstream_model="up",
+                      pricing={"medium": 1}, api_key_env="K_ECHO")
+
+    async def call(adapter: Echo, target: RouteTarget) -> str:
+        return target.upstream_model
+
+    for _ in range(50):
+        assert pool.is_available(model)
+        assert (await pool.call(model, call)).value == "up"
+    assert model.effective_routes() is model.effective_routes()
+    assert len(pool.routes(model)) == 1 and len(pool._resolved) == 1

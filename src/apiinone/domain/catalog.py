@@ -90,12 +90,19 @@ class ModelSpec:
                 rows.append((key, value))
         return rows
 
+    _single_route: tuple[RouteSpec, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.routes:  # made once: the route pool caches what it resolves per route object
+            object.__setattr__(self, "_single_route", (RouteSpec(
+                name=self.provider, provider=self.provider, base_url=self.base_url,
+                api_key_env=self.api_key_env, upstream_model=self.upstream_model),))
+
     def effective_routes(self) -> tuple[RouteSpec, ...]:
-        """The model's routes; a model without ``routes`` has one, made of its own fields."""
-        if self.routes:
-            return self.routes
-        return (RouteSpec(name=self.provider, provider=self.provider, base_url=self.base_url,
-                          api_key_env=self.api_key_env, upstream_model=self.upstream_model),)
+        """The model's routes; a model without ``routes`` has one, made of its own fields (the
+        same object every time: a new one per call made the pool resolve, and keep, a route per
+        request)."""
+        return self.routes or self._single_route
 
     def text(self, attr: str, lang: str) -> Any:
         value: dict[str, Any] = getattr(self, attr)
