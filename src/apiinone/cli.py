@@ -114,9 +114,11 @@ def serve(
 
     import uvicorn
 
+    from apiinone.allocator import tune_for_large_bodies
     from apiinone.logging import configure_logging
     from apiinone.web.server import CoalescingHttpToolsProtocol
 
+    tune_for_large_bodies()  # a --workers child is a fresh process: the app factory sets it there
     configure_logging(settings.log_level, settings.log_json)
     settings.resolved_secret_key()
     if workers > 1:
@@ -179,7 +181,10 @@ def worker(
         help="Comma-separated model ids this node serves, each optionally with its own limit: a=4,b.")] = None,
 ) -> None:
     """A standalone worker on a named node."""
+    from apiinone.allocator import tune_for_large_bodies
     from apiinone.logging import configure_logging
+
+    tune_for_large_bodies()
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_json)
