@@ -1,9 +1,10 @@
-"""Which HTTP client should call the upstreams? httpx against aiohttp and a bare httpcore pool.
+"""Which HTTP client should call the upstreams? httpx, aiohttp, a bare httpcore pool and our lean one.
 
 The workload is the adapters' own: ``POST /v1/images/generations`` with a small JSON body to the
 fake OpenAI upstream (a separate process, as in ``bench/run.py``), reading the whole JSON answer,
 16 requests in flight over kept-alive connections, for a small PNG answer and a ~1.6 MB one.
-Each client keeps its timeouts and connection reuse. The figure that survives a busy machine is
+Each client keeps its timeouts and connection reuse; the loop is uvloop and the allocator tuned, as
+in ``apiinone serve``; ``lean`` is apiinone's own (``upstreams/http1.py``). The figure that survives a busy machine is
 the client's own CPU per request (this process's CPU time ÷ requests); requests/s is printed too.
 
     .venv/bin/python bench/upstream_clients.py [--seconds 5] [--concurrency 16]
@@ -22,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import uvloop
+
+from apiinone.allocator import tune_for_large_bodies
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import REALISTIC_PNG_BYTES, fake_config, http_request, start_fake
@@ -75,7 +79,20 @@ async def _httpcore(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
     return call, pool.aclose
 
 
-CLIENTS = {"httpx": _httpx, "aiohttp": _aiohttp, "httpcore": _httpcore}
+async def _lean(url: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    from apiinone.upstreams.http1 import LeanClient
+
+    client = LeanClient(max_connections=64)
+
+    async def call() -> bytes:
+        response = await client.post(url, BODY, HEADERS, timeout_s=120.0)
+        assert response.status == 200
+        return response.body
+
+    return call, client.aclose
+
+
+CLIENTS = {"httpx": _httpx, "aiohttp": _aiohttp, "httpcore": _httpcore, "lean": _lean}
 
 
 async def measure(name: str, url: str, seconds: float, concurrency: int) -> dict[str, Any]:
@@ -107,6 +124,7 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--rounds", type=int, default=2, help="each client this many times, interleaved")
     args = p.parse_args()
+    tune_for_large_bodies()  # as apiinone serve does
     workdir = Path(tempfile.mkdtemp(prefix="apiinone-clients-"))
     fake = start_fake(workdir)
     results: list[dict[str, Any]] = []
@@ -117,7 +135,7 @@ def main() -> int:
             http_request(fake.port, "POST", "/v1/images/generations", BODY, HEADERS)  # build the image once
             for round_ in range(args.rounds):
                 for name in CLIENTS:
-                    row = asyncio.run(measure(name, url, args.seconds, args.concurrency))
+                    row = uvloop.run(measure(name, url, args.seconds, args.concurrency))
                     row |= {"payload": label, "round": round_ + 1}
                     results.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)

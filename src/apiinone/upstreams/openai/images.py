@@ -25,7 +25,7 @@ import email.utils
 import logging
 import time
 from io import BytesIO
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import orjson
@@ -41,9 +41,7 @@ from apiinone.upstreams.base import (
     error_for_status,
 )
 from apiinone.upstreams.http import json_object, transport_error
-
-if TYPE_CHECKING:
-    import aiohttp
+from apiinone.upstreams.http1 import LeanClient, LeanTransportError
 
 __all__ = ["OpenAIImages", "auth_headers", "error_from_response", "post_json"]
 
@@ -66,12 +64,12 @@ class OpenAIImages:
 
     _client: httpx.AsyncClient
 
-    def json_session(self) -> aiohttp.ClientSession | None: ...
+    def json_client(self) -> LeanClient | None: ...
 
     async def generate_images(self, target: RouteTarget, job: ImageJob) -> ImageResult:
-        session = self.json_session() if not job.inputs else None
-        if session is not None:
-            raw = await post_json_raw(session, target, f"{target.base_url}/images/generations",
+        client = self.json_client() if not job.inputs else None
+        if client is not None:
+            raw = await post_json_raw(client, target, f"{target.base_url}/images/generations",
                                       orjson.dumps(self._generation_fields(target, job)))
         else:
             raw = await self._send_for_json(target, self._build_request(target, job))
@@ -259,27 +257,23 @@ def _value_start(raw: bytes, i: int) -> int:
     return i + 1 if i < len(raw) and raw[i] == 0x22 else -1  # '"'
 
 
-async def post_json(session: aiohttp.ClientSession, target: RouteTarget, url: str, body: bytes) -> dict[str, Any]:
-    """POST a JSON body with the lean client (``json_session``); failures are classified exactly
+async def post_json(client: LeanClient, target: RouteTarget, url: str, body: bytes) -> dict[str, Any]:
+    """POST a JSON body with the lean client (``json_client``); failures are classified exactly
     as for httpx."""
-    return json_object(await post_json_raw(session, target, url, body))
+    return json_object(await post_json_raw(client, target, url, body))
 
 
-async def post_json_raw(session: aiohttp.ClientSession, target: RouteTarget, url: str, body: bytes) -> bytes:
+async def post_json_raw(client: LeanClient, target: RouteTarget, url: str, body: bytes) -> bytes:
     """:func:`post_json`, answering the 200 body unparsed."""
-    import aiohttp  # already imported by the session's creation
-
     headers = {**auth_headers(target), "Content-Type": "application/json"}
     try:
-        async with session.post(url, data=body, headers=headers,
-                                timeout=aiohttp.ClientTimeout(total=target.timeout_s)) as response:
-            status, raw = response.status, await response.read()
-            answer_headers = list(response.headers.items())
-    except (TimeoutError, aiohttp.ClientError) as exc:
+        response = await client.post(url, body, headers, timeout_s=target.timeout_s)
+    except (TimeoutError, LeanTransportError) as exc:
         raise transport_error(target, exc) from None
-    if status == 200:
-        return raw
-    raise error_from_response(target, httpx.Response(status, headers=answer_headers, content=raw))
+    if response.status == 200:
+        return response.body
+    raise error_from_response(target, httpx.Response(response.status, headers=response.headers,
+                                                     content=response.body))
 
 
 def auth_headers(target: RouteTarget) -> dict[str, str]:
