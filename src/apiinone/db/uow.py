@@ -48,16 +48,18 @@ class SqlUnitOfWork:
     audit: AuditRepository
     conn: AsyncConnection
 
-    def __init__(self, db: Database, *, write: bool) -> None:
+    def __init__(self, db: Database, *, write: bool, pinned: bool = False) -> None:
         self._db = db
         self._write = write
+        self._pinned = pinned
         self._stack = AsyncExitStack()
         self._committed = False
         self._after_commit: list[str] = []
         self._on_commit: list[Callable[[], None]] = []
 
     async def __aenter__(self) -> SqlUnitOfWork:
-        self.conn = await self._stack.enter_async_context(self._db.connect(write=self._write))
+        opened = self._db.pinned_writer() if self._pinned else self._db.connect(write=self._write)
+        self.conn = await self._stack.enter_async_context(opened)
         await self.conn.begin()
         self.accounts = AccountRepository(self.conn)
         self.api_keys = ApiKeyRepository(self.conn)

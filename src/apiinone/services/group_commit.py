@@ -182,7 +182,7 @@ class _Committer:
         for i, queued in enumerate(batch):
             lanes.setdefault(queued.lane, []).append(i)
         results: list[Any] = [None] * len(batch)
-        async with self.db.uow() as uow:
+        async with self.db.uow(pinned=True) as uow:
             for lane, indexes in sorted(lanes.items(), key=lambda lane: lane[0].lock_order):
                 written = await lane.write(uow, [batch[i].item for i in indexes])
                 for i, result in zip(indexes, written, strict=True):
