@@ -36,9 +36,10 @@ class Database:
         """The connection the group commit writes every batch on, kept open between them.
 
         A pool checkout, an options copy and a check-in per transaction cost more than the
-        transaction's own statements: in the API process a lone batch took 0.92 ms of CPU, 0.38 of
-        them opening and closing its connection; pinned, 0.50 and 0.12. One writer uses it at a time (its batches are sequential; on SQLite it also takes
-        the process's write lock). A connection left in doubt by a failure is closed, not kept."""
+        transaction's own statements: in the API process a lone batch took 0.92 ms of CPU, 0.38
+        of them opening and closing its connection; pinned, 0.50 and 0.12. One writer uses it at
+        a time (its batches are sequential; on SQLite it also takes the process's write lock). A
+        connection left in doubt by a failure is closed, not kept."""
         lock = self._write_lock
         if lock is not None:
             await lock.acquire()

@@ -18,6 +18,8 @@ from apiinone.domain.usage import DAY_MS, RequestLogEntry, RequestRecord, UsageR
 
 _R = t.request_log.c
 _INSERT = insert(t.request_log)
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(RequestRecord))
+"""The record's columns, read by name (``dataclasses.asdict`` deep-copies: 7 % of a chat call's CPU)."""
 
 
 def _entry_from_row(r: RowMapping) -> RequestLogEntry:
@@ -91,7 +93,8 @@ class RequestLogRepository:
         rows = [sums[k] for k in sorted(sums)]  # in key order: see Metering.settle_many
         await hot.run(self.conn, insert_or_add(self.conn, t.usage_daily, _SUMS), rows)
         logged = [{"id": e.id, "account_id": e.account_id, "api_key_id": e.api_key_id, "key_prefix": e.key_prefix,
-                   "credits": e.credits, "created_at": e.created_at, **dataclasses.asdict(e.record)} for e in entries]
+                   "credits": e.credits, "created_at": e.created_at,
+                   **{name: getattr(e.record, name) for name in _RECORD_FIELDS}} for e in entries]
         await hot.run(self.conn, _INSERT, logged)
 
     async def usage(self, account_id: str, *, start_ms: int, end_ms: int, group_by: str) -> list[UsageRow]:
