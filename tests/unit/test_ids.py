@@ -41,3 +41,20 @@ def test_the_random_part_is_not_a_counter() -> None:
     steps = {b - a for a, b in itertools.pairwise(values)}
     assert all(step > 0 for step in steps) and len(steps) > 1
     assert decode(ulid(42)) >> 80 == 42
+
+
+def test_a_forked_child_never_draws_its_parents_random_bytes() -> None:
+    """The random bytes are drawn from the OS in blocks; a child starts with an empty block."""
+    import os
+
+    ulid(42)  # the parent has a block of random bytes in hand
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.write(write, ulid(99).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert len(child) == 26 and child != ulid(99)
