@@ -369,6 +369,41 @@ async def test_expired_lease_is_leased_again_until_attempts_run_out(db: Database
     assert [(x.id, x.lease_token, x.attempts) for x in exhausted] == [(task.id, "tok-2", 2)]
 
 
+async def test_an_expired_lease_goes_before_the_queue_and_each_lease_is_oldest_first(db: Database) -> None:
+    account = await add_account(db)
+    [old] = await add_tasks(db, account.id, 1)
+    await lease(db, token="dead", now=T0 + 100)  # its worker dies: the lease runs out at T0 + 1100
+    queued = await add_tasks(db, account.id, 3, start=T0 + 10)
+    after = T0 + 100 + LEASE_MS + 1
+    first = await lease(db, token="tok-b", limit=2, now=after)
+    assert [x.id for x in first] == [old.id, queued[0].id] and first[0].attempts == 2
+    assert [x.id for x in await lease(db, token="tok-c", limit=5, now=after)] == [queued[1].id, queued[2].id]
+
+
+async def test_a_lease_reads_the_queue_in_index_order_without_sorting_it(sqlite_url: str) -> None:
+    """The queue is read in its index's order: a plan that sorts would sort the whole queue
+    (measured: 3.5 ms a lease with 5,000 queued tasks, against 0.02 ms in index order). SQLite
+    only: its plan is fixed without statistics, PostgreSQL's depends on them."""
+    from apiinone.db.queue import _lease_statement
+
+    db = Database(sqlite_url)
+
+    for expired in (True, False):
+        statement = _lease_statement(False, False, False, expired=expired)
+        compiled = statement.compile(dialect=db.engine.dialect)
+        values = {"l_now": T0, "l_max_attempts": 3, "l_limit": 8, "l_node": "n", "l_token": "t", "l_until": T0}
+        async with db.uow(write=False) as uow:
+            plan = (await uow.conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + str(compiled),
+                tuple(compiled.construct_params(values)[n] for n in compiled.positiontup or ()))).all()
+        details = " | ".join(str(row[-1]) for row in plan)
+        if expired:  # it sorts what its index found: the leases that ran out, few by nature
+            assert "ix_tasks_lease" in details, details
+        else:
+            assert "ix_tasks_queue" in details and "TEMP B-TREE" not in details, details
+    await db.dispose()
+
+
 async def test_extend_keeps_a_lease_alive_and_requeue_gives_it_back(db: Database) -> None:
     account = await add_account(db)
     a, b = await add_tasks(db, account.id, 2)

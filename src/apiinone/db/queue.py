@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import BigInteger, Integer, Update, and_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy import BigInteger, Integer, Update, and_, bindparam, func, insert, select, text, update
+from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from apiinone.db import tables as t
@@ -78,14 +79,18 @@ class QueueRepository:
     async def _lease_batch(self, *, node: str, token: str, limit: int, now: int, lease_ms: int,
                            max_attempts: int, models: Sequence[str] | None,
                            exclude: Sequence[str] = ()) -> list[Task]:
-        stmt = _lease_statement(self.is_postgres, models is not None, bool(exclude))
-        params: dict[str, Any] = {"l_now": now, "l_max_attempts": max_attempts, "l_limit": limit, "l_node": node,
+        params: dict[str, Any] = {"l_now": now, "l_max_attempts": max_attempts, "l_node": node,
                                   "l_token": token, "l_until": now + lease_ms}
         if models is not None:
             params["l_models"] = list(models)
         if exclude:
             params["l_exclude"] = list(exclude)
-        rows = (await self.conn.execute(stmt, params)).mappings().all()
+        rows: list[RowMapping] = []
+        for expired in (True, False):  # leases that ran out first (older tasks), then the queue
+            if limit - len(rows) <= 0:
+                break
+            stmt = _lease_statement(self.is_postgres, models is not None, bool(exclude), expired=expired)
+            rows += (await self.conn.execute(stmt, {**params, "l_limit": limit - len(rows)})).mappings().all()
         return sorted((task_from_row(r) for r in rows), key=lambda task: (task.created_at, task.id))
 
     async def extend(self, tokens: Sequence[str], until: int, task_ids: Sequence[str] | None = None) -> int:
@@ -151,15 +156,17 @@ class QueueRepository:
 
 
 @functools.cache
-def _lease_statement(is_postgres: bool, by_model: bool, excluding: bool) -> Update:
+def _lease_statement(is_postgres: bool, by_model: bool, excluding: bool, *, expired: bool) -> Update:
     """The lease UPDATE, built once per shape (values are bound per call): rebuilding the
-    expression and its cache key for every lease was most of a lease's CPU."""
+    expression and its cache key for every lease was most of a lease's CPU. Expired leases and
+    the queue are two statements, each ordered by its own index (``ix_tasks_lease``,
+    ``ix_tasks_queue``): one statement OR-ing both made the database sort the whole queue."""
     now = bindparam("l_now", type_=BigInteger)
-    runnable = or_(
-        and_(_T.status == TaskStatus.QUEUED.value, _T.run_after <= now),
-        and_(_T.status == TaskStatus.RUNNING.value, _T.lease_expires_at < now,
-             _T.attempts < bindparam("l_max_attempts", type_=Integer)),
-    )
+    if expired:
+        runnable = and_(_T.status == TaskStatus.RUNNING.value, _T.lease_expires_at < now,
+                        _T.attempts < bindparam("l_max_attempts", type_=Integer))
+    else:
+        runnable = and_(_T.status == TaskStatus.QUEUED.value, _T.run_after <= now)
     pick = select(_T.id).where(runnable)
     if by_model:
         pick = pick.where(_T.model.in_(bindparam("l_models", expanding=True)))

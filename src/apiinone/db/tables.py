@@ -99,7 +99,7 @@ tasks = Table(
     Column("remote_job", Text, nullable=True),  # JSON handle of a job running upstream (video, audio)
     Column("poll_at", BigInteger, nullable=True),  # when the remote-job poller looks at it next
     Index("ix_tasks_account_created", "account_id", "id"),
-    Index("ix_tasks_queue", "status", "run_after"),
+    Index("ix_tasks_queue", "status", "created_at", "id"),  # a lease reads queued tasks oldest first
     Index("ix_tasks_lease", "status", "lease_expires_at"),
     Index("ix_tasks_account_status", "account_id", "status"),
     Index("ix_tasks_poll", "status", "poll_at"),

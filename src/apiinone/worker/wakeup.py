@@ -27,8 +27,10 @@ class Wakeup:
         self._event.set()
 
     async def wait(self, seconds: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), seconds)
+        if not self._event.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):  # wait_for would make a task per wait
+                    await self._event.wait()
         fired = self._event.is_set()
         self._event.clear()
         return fired
