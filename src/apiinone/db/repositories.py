@@ -42,6 +42,8 @@ _REFUND = (
     update(t.api_keys).where(t.api_keys.c.id == bindparam("key_id"))
     .values(credits_spent=t.api_keys.c.credits_spent - bindparam("amount"))
 )
+_KEY_PREFIXES: dict[str, str] = {}
+_KEY_PREFIXES_MAX = 50_000
 _KEY_PREFIX = select(t.api_keys.c.prefix).where(t.api_keys.c.id == bindparam("key_id"))
 _COUNT_ACTIVE = select(func.count()).select_from(t.tasks).where(  # no IN list: a plain statement (db/hot.py)
     t.tasks.c.account_id == bindparam("account_id"),
@@ -226,8 +228,18 @@ class ApiKeyRepository:
         return await hot.run(self.conn, _SPEND, {"key_id": key_id, "amount": amount}) == 1
 
     async def prefix_of(self, key_id: str) -> str | None:
+        """A key's prefix never changes (a new key is a new id), so it is read once per process:
+        the worker's finishes asked for it once per task."""
+        known = _KEY_PREFIXES.get(key_id)
+        if known is not None:
+            return known
         row = await hot.first_row(self.conn, _KEY_PREFIX, {"key_id": key_id})
-        return None if row is None else str(row[0])
+        if row is None:
+            return None
+        if len(_KEY_PREFIXES) >= _KEY_PREFIXES_MAX:
+            _KEY_PREFIXES.clear()
+        prefix = _KEY_PREFIXES[key_id] = str(row[0])
+        return prefix
 
     async def refund(self, key_id: str, amount: int) -> None:
         await hot.run(self.conn, _REFUND, {"key_id": key_id, "amount": amount})
