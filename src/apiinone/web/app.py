@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from apiinone import __version__
 from apiinone.bootstrap import Container, build_container
@@ -18,6 +19,7 @@ from apiinone.config import Settings, load_settings
 from apiinone.db.outage import is_database_outage
 from apiinone.errors import ApiError, InternalError, InvalidParameter, NotFound, ServiceUnavailable
 from apiinone.telemetry.tracing import Tracer
+from apiinone.web.dispatch import DirectDispatch
 from apiinone.web.responses import error_response, json_response
 
 log = structlog.get_logger(__name__)
@@ -45,7 +47,7 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
                 await stop(container)
             await container.aclose()
 
-    app = FastAPI(
+    app = ApiinoneApp(
         title="apiinone", version=__version__, lifespan=lifespan,
         description="One HTTP API, one API key and one credit balance in front of many AI models.",
         docs_url=None, redoc_url=None,  # /docs: web/routes/reference.py, from vendored assets
@@ -99,7 +101,25 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = True
     from apiinone.web import openapi
 
     openapi.install(app)
+    if container.tracer is None or not container.tracer.enabled:  # with tracing, every request is traced
+        app.direct = DirectDispatch(app, [anthropic_messages.router, chat.openai_router, openai_compat.router,
+                                          api.router, chat.router])
     return app
+
+
+class ApiinoneApp(FastAPI):
+    """FastAPI, with the hot routes' requests handed straight to their endpoints (web/dispatch.py)."""
+
+    direct: DirectDispatch | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        direct = self.direct
+        if direct is not None and scope["type"] == "http" and not scope.get("root_path"):
+            found = direct.routes.get((scope["method"], scope["path"]))
+            if found is not None:
+                await direct(scope, receive, send, *found)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def container_from(app: FastAPI) -> Container:

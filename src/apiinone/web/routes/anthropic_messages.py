@@ -17,13 +17,12 @@ began ends with an ``error`` event and is charged for what it produced.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import structlog
 from fastapi import APIRouter
-from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -54,6 +53,7 @@ from apiinone.web.compat.anthropic_messages import (
     message_from_completion,
 )
 from apiinone.web.deps import container_of
+from apiinone.web.dispatch import EnvelopeRoute
 from apiinone.web.responses import JsonResponse
 from apiinone.web.routes.chat import ChatAnswerResponse, ChatStreamResponse, _until_disconnect, chat_service
 from apiinone.web.schemas import read_json_body
@@ -98,24 +98,16 @@ def anthropic_error_for(exc: ApiError) -> JsonResponse:
     return anthropic_error(exc.status, "api_error", exc.message)
 
 
-class AnthropicErrorsRoute(APIRoute):
+class AnthropicErrorsRoute(EnvelopeRoute):
     """Answers every error of these routes in Anthropic's envelope, whatever raised it."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except MessagesRequestError as exc:
-                return anthropic_error(400, "invalid_request_error", exc.message)
-            except ApiError as exc:
-                return anthropic_error_for(exc)
-            except Exception:
-                log.exception("unhandled_error", path=request.url.path)
-                return anthropic_error_for(InternalError())
-
-        return handle
+    async def error_response(self, request: Request, exc: Exception) -> Response:
+        if isinstance(exc, MessagesRequestError):
+            return anthropic_error(400, "invalid_request_error", exc.message)
+        if isinstance(exc, ApiError):
+            return anthropic_error_for(exc)
+        log.exception("unhandled_error", path=request.url.path)
+        return anthropic_error_for(InternalError())
 
 
 router = APIRouter(prefix="/v1", route_class=AnthropicErrorsRoute, tags=["Anthropic-compatible"])

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from apiinone.domain.accounts import Account, ApiKey
-from apiinone.errors import ApiError, InternalError
+from apiinone.errors import ApiError
 from apiinone.kinds.chat import ChatRequestError
 from apiinone.kinds.chat.job import ChatCompletion
 from apiinone.services.direct_chat import ChatStream, DirectChat, OpenedChat
@@ -61,19 +61,10 @@ def _openai_error(exc: ApiError) -> Response:
 class _ChatErrorsRoute(OpenAIErrorsRoute):
     """OpenAI's envelope, with the chat validator's own OpenAI codes."""
 
-    def get_route_handler(self) -> Any:
-        handler = super(OpenAIErrorsRoute, self).get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ApiError as exc:
-                return _openai_error(exc)
-            except Exception:
-                log.exception("unhandled_error", path=request.url.path)
-                return openai_error_for(InternalError())
-
-        return handle
+    async def error_response(self, request: Request, exc: Exception) -> Response:
+        if isinstance(exc, ApiError):
+            return _openai_error(exc)
+        return await super().error_response(request, exc)
 
 
 openai_router = APIRouter(prefix="/v1", route_class=_ChatErrorsRoute, tags=["OpenAI-compatible"])

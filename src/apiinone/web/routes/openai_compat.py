@@ -32,7 +32,7 @@ import dataclasses
 import hashlib
 import io
 import warnings
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,7 +41,6 @@ import orjson
 import pybase64
 import structlog
 from fastapi import APIRouter
-from fastapi.routing import APIRoute
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -84,6 +83,7 @@ from apiinone.services.tasks import CreateResult, IdempotencyClaim, ImageTaskReq
 from apiinone.storage import new_image_key
 from apiinone.web import openapi
 from apiinone.web.deps import authenticate, container_of, idempotency_key
+from apiinone.web.dispatch import EnvelopeRoute
 from apiinone.web.responses import JsonResponse
 from apiinone.web.schemas import read_json_body
 
@@ -143,25 +143,17 @@ def openai_error_for(exc: ApiError) -> JsonResponse:
     return openai_error(status, exc.message, type_=type_, code=code, param=exc.param, headers=headers)
 
 
-class OpenAIErrorsRoute(APIRoute):
+class OpenAIErrorsRoute(EnvelopeRoute):
     """Answers every error of these routes in OpenAI's envelope, whatever raised it."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ApiError as exc:
-                return openai_error_for(exc)
-            except Exception as exc:
-                if is_database_outage(exc):  # as on /api/v1: a 503 the SDK retries, not a 500
-                    log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
-                    return openai_error_for(ServiceUnavailable("the database is unavailable; retry shortly"))
-                log.exception("unhandled_error", path=request.url.path)
-                return openai_error_for(InternalError())
-
-        return handle
+    async def error_response(self, request: Request, exc: Exception) -> Response:
+        if isinstance(exc, ApiError):
+            return openai_error_for(exc)
+        if is_database_outage(exc):  # as on /api/v1: a 503 the SDK retries, not a 500
+            log.warning("database_unavailable", path=request.url.path, error=type(exc).__name__)
+            return openai_error_for(ServiceUnavailable("the database is unavailable; retry shortly"))
+        log.exception("unhandled_error", path=request.url.path)
+        return openai_error_for(InternalError())
 
 
 router = APIRouter(prefix="/v1", route_class=OpenAIErrorsRoute, tags=["OpenAI-compatible"])
