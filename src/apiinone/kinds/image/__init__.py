@@ -85,7 +85,8 @@ class ImageKind:
             return await adapter.generate_images(target, job)
 
         try:
-            return await asyncio.wait_for(ctx.pool.call(ctx.spec, generate), ctx.timeout_s)
+            async with asyncio.timeout(ctx.timeout_s):  # not wait_for: that runs the call in a task of its own
+                return await ctx.pool.call(ctx.spec, generate)
         except TimeoutError:
             raise TaskFailure("timeout", "the model did not answer in time") from None
         except UpstreamError as exc:

@@ -413,20 +413,21 @@ async def _run_direct(request: Request, container: Container, params: ImageParam
     ctx = RunContext(spec=spec, pool=container.pool, storage=container.storage, fetch_client=container.fetch_client,
                      files_base_url=container.base_url(), timeout_s=SYNC_WAIT_S)
     gone = asyncio.Event()
-    watcher = asyncio.create_task(_watch_disconnect(request, gone))
     call = asyncio.create_task(IMAGE_KIND.generate(ctx, task))
+    # without an Idempotency-Key nobody will read the answer of a client that went away: the
+    # watcher cancels the call then (one task per request, not a race of two)
+    watcher = asyncio.create_task(_watch_disconnect(request, gone, call if claim is None else None))
     try:
-        if claim is None:
-            stop = asyncio.create_task(gone.wait())
-            await asyncio.wait((call, stop), return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            if not call.done():  # the client went away: nobody will read the answer
-                call.cancel()
-                log.info("client_gone_task_canceled", task_id=task.id)
-                await container.direct.finish(task, TaskStatus.CANCELED, error=_GONE, http_status=499)
-                return openai_error(499, "the client closed the request", type_="invalid_request_error",
-                                    code="canceled", headers=headers)
-        routed = await call
+        try:
+            routed = await call
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not (call.cancelled() and gone.is_set() and current is not None and not current.cancelling()):
+                raise  # this request itself was canceled (shutdown): handled below
+            log.info("client_gone_task_canceled", task_id=task.id)
+            await container.direct.finish(task, TaskStatus.CANCELED, error=_GONE, http_status=499)
+            return openai_error(499, "the client closed the request", type_="invalid_request_error",
+                                code="canceled", headers=headers)
     except TaskFailure as exc:
         watcher.cancel()
         finished = await container.direct.finish(task, TaskStatus.FAILED, error={"code": exc.code,
@@ -481,10 +482,12 @@ _GONE = {"code": "canceled", "message": "the client went away before the answer"
 _INTERNAL = {"code": "internal_error", "message": "the server failed while answering"}
 
 
-async def _watch_disconnect(request: Request, gone: asyncio.Event) -> None:
+async def _watch_disconnect(request: Request, gone: asyncio.Event, cancel: asyncio.Task[Any] | None = None) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
     gone.set()
+    if cancel is not None and not cancel.done():
+        cancel.cancel()
 
 
 class SettledResponse(Response):
