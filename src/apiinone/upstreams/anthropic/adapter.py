@@ -40,64 +40,35 @@ from apiinone.upstreams.base import (
     error_for_status,
     retry_after_seconds,
 )
-from apiinone.upstreams.http import json_object, transport_error, upstream_client
-from apiinone.upstreams.sse import read_events
+from apiinone.upstreams.http import TranslatingChatAdapter
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_VERSION = "2023-06-01"
 
 
-class AnthropicAdapter:
-    """One client and connection pool for every route and key of the ``anthropic`` provider;
-    one attempt per call (retries and failover are the route pool's)."""
+class AnthropicAdapter(TranslatingChatAdapter):
+    """The ``anthropic`` provider: one client and connection pool for every route and key."""
 
     provider = "anthropic"
-    needs_key = True
-
-    def __init__(self, *, timeout_s: float = 120.0, transport: httpx.AsyncBaseTransport | None = None,
-                 max_connections: int = 200) -> None:
-        self._client = upstream_client(timeout_s=timeout_s, transport=transport, max_connections=max_connections)
-
-    def __repr__(self) -> str:
-        return "AnthropicAdapter()"
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    # ----------------------------------------------------------------------------------- calls
 
     async def chat(self, target: RouteTarget, request: ChatRequest) -> ChatCompletion:
-        http_request = self._request(target, request, stream=False)
-        try:
-            response = await self._client.send(http_request)
-        except httpx.HTTPError as exc:
-            raise transport_error(target, exc) from None
-        if response.status_code != 200:
-            raise error_from_response(target, response)
-        return completion_from(json_object(response.content))
+        return completion_from(await self._answer(target, request))
 
     async def chat_stream(self, target: RouteTarget, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        http_request = self._request(target, request, stream=True)
+        translator = StreamTranslator(target.upstream_model)
+        events = self._events(target, request)
         try:
-            response = await self._client.send(http_request, stream=True)
-        except httpx.HTTPError as exc:
-            raise transport_error(target, exc) from None
-        try:
-            if response.status_code != 200:
-                await response.aread()
-                raise error_from_response(target, response)
-            translator = StreamTranslator(target.upstream_model)
-            try:
-                async for event in read_events(response.aiter_lines()):
-                    for chunk in translator.feed(event.event, parse_event_data(event.data)):
-                        yield chunk
-                    if translator.finished:
-                        return
-            except httpx.HTTPError as exc:
-                raise transport_error(target, exc) from None
-            raise UpstreamError("upstream stream ended before message_stop", retryable=True)
+            async for event in events:
+                for chunk in translator.feed(event.event, parse_event_data(event.data)):
+                    yield chunk
+                if translator.finished:
+                    return
         finally:
-            await response.aclose()
+            await events.aclose()
+        raise UpstreamError("upstream stream ended before message_stop", retryable=True)
+
+    def _error(self, target: RouteTarget, response: httpx.Response) -> UpstreamError:
+        return error_from_response(target, response)
 
     def _request(self, target: RouteTarget, request: ChatRequest, *, stream: bool) -> httpx.Request:
         try:

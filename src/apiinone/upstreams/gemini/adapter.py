@@ -36,61 +36,35 @@ from apiinone.upstreams.base import (
     retry_after_seconds,
 )
 from apiinone.upstreams.gemini.translate import StreamTranslator, completion_from, generate_request
-from apiinone.upstreams.http import json_object, transport_error, upstream_client
-from apiinone.upstreams.sse import read_events
+from apiinone.upstreams.http import TranslatingChatAdapter, json_object
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 DEFAULT_VERSION = "v1beta"
 _KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_SERVICE_BLOCKED", "API_KEY_HTTP_REFERRER_BLOCKED"})
 
 
-class GeminiAdapter:
-    """One client and connection pool for every route and key of the ``gemini`` provider."""
+class GeminiAdapter(TranslatingChatAdapter):
+    """The ``gemini`` provider: one client and connection pool for every route and key."""
 
     provider = "gemini"
-    needs_key = True
-
-    def __init__(self, *, timeout_s: float = 120.0, transport: httpx.AsyncBaseTransport | None = None,
-                 max_connections: int = 200) -> None:
-        self._client = upstream_client(timeout_s=timeout_s, transport=transport, max_connections=max_connections)
-
-    def __repr__(self) -> str:
-        return "GeminiAdapter()"
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
     async def chat(self, target: RouteTarget, request: ChatRequest) -> ChatCompletion:
-        http_request = self._request(target, request, stream=False)
-        try:
-            response = await self._client.send(http_request)
-        except httpx.HTTPError as exc:
-            raise transport_error(target, exc) from None
-        if response.status_code != 200:
-            raise error_from_response(target, response)
-        return completion_from(json_object(response.content), target.upstream_model)
+        return completion_from(await self._answer(target, request), target.upstream_model)
 
     async def chat_stream(self, target: RouteTarget, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        http_request = self._request(target, request, stream=True)
+        translator = StreamTranslator(target.upstream_model)
+        events = self._events(target, request)
         try:
-            response = await self._client.send(http_request, stream=True)
-        except httpx.HTTPError as exc:
-            raise transport_error(target, exc) from None
-        try:
-            if response.status_code != 200:
-                await response.aread()
-                raise error_from_response(target, response)
-            translator = StreamTranslator(target.upstream_model)
-            try:
-                async for event in read_events(response.aiter_lines()):
-                    for chunk in translator.feed(json_object(event.data.encode())):
-                        yield chunk
-            except httpx.HTTPError as exc:
-                raise transport_error(target, exc) from None
-            for chunk in translator.end():
-                yield chunk
+            async for event in events:
+                for chunk in translator.feed(json_object(event.data.encode())):
+                    yield chunk
         finally:
-            await response.aclose()
+            await events.aclose()
+        for chunk in translator.end():
+            yield chunk
+
+    def _error(self, target: RouteTarget, response: httpx.Response) -> UpstreamError:
+        return error_from_response(target, response)
 
     def _request(self, target: RouteTarget, request: ChatRequest, *, stream: bool) -> httpx.Request:
         try:
