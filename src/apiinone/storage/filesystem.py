@@ -9,6 +9,11 @@ rename, so a charged image survives a power loss. Off, a crash of the *process* 
 (the kernel holds the written pages), but a power loss or kernel crash within the writeback window
 (~30 s) can leave a ``succeeded`` task whose image file is missing or empty. On, every image costs
 one disk flush (~7 ms on the benchmark machine's virtual disk), taken in a thread.
+
+Once flushed, a file's pages are dropped from the page cache (``POSIX_FADV_DONTNEED``): an image
+is written once and read rarely, and keeping every one cached made each new file take fresh
+memory. Measured on the benchmark machine, writing and flushing a 1.6 MB image cost 4.9-5.8 ms of
+CPU, 1.0 ms with the pages dropped (wall 6-7 ms, 1.9 ms); the first fetch of an image reads the disk.
 """
 
 from __future__ import annotations
@@ -152,6 +157,9 @@ class FileSystemStorage:
         return None
 
 
+_DROP_CACHE: int | None = getattr(os, "POSIX_FADV_DONTNEED", None)
+
+
 def _atomic_write(path: Path, data: bytes, *, fsync: bool) -> None:
     """Writes a temp file in the same directory, fsyncs it if asked and renames it over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
@@ -161,6 +169,8 @@ def _atomic_write(path: Path, data: bytes, *, fsync: bool) -> None:
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
+                if _DROP_CACHE is not None:  # clean now: its pages go back to the kernel at once
+                    os.posix_fadvise(fh.fileno(), 0, 0, _DROP_CACHE)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
