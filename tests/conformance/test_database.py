@@ -404,6 +404,35 @@ async def test_a_lease_reads_the_queue_in_index_order_without_sorting_it(sqlite_
     await db.dispose()
 
 
+@pytest.mark.parametrize("pinned", [False, True])
+async def test_a_transaction_that_cannot_begin_gives_the_write_lock_back(sqlite_url: str, pinned: bool) -> None:
+    """Another process holds SQLite's write lock past the busy timeout: BEGIN fails, and the next
+    unit of work of this process must still get the in-process write lock (it once kept it)."""
+    import asyncio
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    db = Database(sqlite_url, busy_timeout_ms=50)
+    other = sqlite3.connect(sqlite_url.split(":///", 1)[1], isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises((OperationalError, sqlite3.OperationalError), match="locked") as refused:
+            async with db.uow(pinned=pinned) as uow:
+                await uow.commit()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    # the failure is still at hand (as in the group commit's retry, inside its except block), so
+    # nothing the garbage collector might finish late can hand the lock back in its place
+    account = await asyncio.wait_for(add_account(db), 5)  # a write: it needs the lock back
+    async with asyncio.timeout(5), db.uow(pinned=pinned) as uow:
+        assert await uow.accounts.get(account.id) is not None
+        await uow.commit()
+    assert refused.value is not None
+    await db.dispose()
+
+
 async def test_extend_keeps_a_lease_alive_and_requeue_gives_it_back(db: Database) -> None:
     account = await add_account(db)
     a, b = await add_tasks(db, account.id, 2)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import shutil
+import socket
 import ssl
+import struct
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -309,3 +311,85 @@ async def test_https_verifies_the_server(loopback_cert: tuple[Path, Path]) -> No
             await strict.post(url, b"{}", {}, timeout_s=5)
     finally:
         await srv.stop()
+
+
+async def test_framing_an_upstream_gets_wrong_is_refused_not_trusted(server: ScriptedServer) -> None:
+    """Chunk sizes int() would take ("-6" once looped forever on the event loop), a transfer coding
+    under the chunking, a chunk longer than its size, an answer inflating past any answer's size."""
+    bomb = gzip.compress(b"0" * (300 * 1024 * 1024))
+    server.answers = [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n-6\r\nabcdef\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\nab\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabcd\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Encoding: gzip\r\n"
+        + f"Content-Length: {len(bomb)}\r\n\r\n".encode() + bomb,
+        answer(b"fine"),
+    ]
+    client = LeanClient()
+    url = f"http://127.0.0.1:{server.port}/"
+    try:
+        for expected in ("chunk size", "chunk size", "transfer coding", "longer than its size", "too large"):
+            with pytest.raises(LeanTransportError, match=expected):
+                await client.post(url, b"{}", {}, timeout_s=10)
+        assert (await client.post(url, b"{}", {}, timeout_s=5)).body == b"fine"
+    finally:
+        await client.aclose()
+
+
+async def test_answers_framed_twice_or_followed_by_bytes_do_not_keep_their_connection(
+        server: ScriptedServer) -> None:
+    server.answers = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\ncd\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n",
+        answer(b"ef"),
+    ]
+    client = LeanClient()
+    url = f"http://127.0.0.1:{server.port}/"
+    try:
+        bodies = [(await client.post(url, b"{}", {}, timeout_s=5)).body for _ in range(3)]
+    finally:
+        await client.aclose()
+    assert bodies == [b"ab", b"cd", b"ef"] and server.connections == 3
+
+
+async def test_a_read_to_close_answer_cut_by_a_reset_is_an_error(server: ScriptedServer) -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n{\"partial\":")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # linger 0: a reset (RST), not a clean close (FIN)
+
+    srv = await asyncio.start_server(cut, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    client = LeanClient()
+    try:
+        with pytest.raises(LeanTransportError, match="closed the connection"):
+            await client.post(f"http://127.0.0.1:{port}/", b"{}", {}, timeout_s=5)
+    finally:
+        await client.aclose()
+        srv.close()
+        await srv.wait_closed()
+
+
+async def test_a_compressed_error_answer_is_classified_like_any_other(server: ScriptedServer) -> None:
+    """The client has already inflated the body: the classifier must not be told it is still gzip."""
+    from apiinone.upstreams.base import RouteTarget, UpstreamError
+    from apiinone.upstreams.openai.images import post_json_raw
+
+    packed = gzip.compress(b'{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}')
+    server.answers = [b"HTTP/1.1 429 Too Many Requests\r\nContent-Encoding: gzip\r\nRetry-After: 2\r\n"
+                      + f"Content-Length: {len(packed)}\r\n\r\n".encode() + packed]
+    target = RouteTarget(model_id="m", route="r", provider="openai", base_url=f"http://127.0.0.1:{server.port}/v1",
+                         api_key="sk-test-key", upstream_model="gpt-image-1.5", timeout_s=5)
+    client = LeanClient()
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await post_json_raw(client, target, f"{target.base_url}/images/generations", b"{}")
+    finally:
+        await client.aclose()
+    assert caught.value.retryable and caught.value.retry_after_s == 2 and "slow down" in caught.value.message

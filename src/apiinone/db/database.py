@@ -53,12 +53,11 @@ class Database:
                 self._pinned, self._pinned_loop = conn, loop
             try:
                 yield conn
-            except BaseException:
+            finally:  # the unit of work has committed or rolled back; if neither held, drop it
                 if conn.invalidated or conn.in_transaction():
                     self._pinned = None
                     with contextlib.suppress(Exception):
                         await conn.close()
-                raise
         finally:
             if lock is not None:
                 lock.release()

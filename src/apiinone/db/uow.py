@@ -60,7 +60,11 @@ class SqlUnitOfWork:
     async def __aenter__(self) -> SqlUnitOfWork:
         opened = self._db.pinned_writer() if self._pinned else self._db.connect(write=self._write)
         self.conn = await self._stack.enter_async_context(opened)
-        await self.conn.begin()
+        try:
+            await self.conn.begin()
+        except BaseException:  # no transaction: give the connection (and SQLite's write lock) back
+            await self._stack.aclose()
+            raise
         self.accounts = AccountRepository(self.conn)
         self.api_keys = ApiKeyRepository(self.conn)
         self.tasks = TaskRepository(self.conn)

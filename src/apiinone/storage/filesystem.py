@@ -170,7 +170,8 @@ def _atomic_write(path: Path, data: bytes, *, fsync: bool) -> None:
                 fh.flush()
                 os.fsync(fh.fileno())
                 if _DROP_CACHE is not None:  # clean now: its pages go back to the kernel at once
-                    os.posix_fadvise(fh.fileno(), 0, 0, _DROP_CACHE)
+                    with contextlib.suppress(OSError):  # advice only: the file is written
+                        os.posix_fadvise(fh.fileno(), 0, 0, _DROP_CACHE)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

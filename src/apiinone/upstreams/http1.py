@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 import time
 import zlib
@@ -30,6 +31,7 @@ __all__ = ["LeanClient", "LeanResponse", "LeanTransportError"]
 _FIRST_BUFFER = 64 * 1024
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 256 * 1024 * 1024
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
 class LeanTransportError(ConnectionError):
@@ -85,7 +87,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.lost = True
         answer = self._answer
         if answer is not None and not answer.done():
-            if self._until_close and self._head_end >= 0:
+            if self._until_close and self._head_end >= 0 and exc is None:  # a clean close ends it
                 self._finish(bytes(self._view[self._body_start:self._filled]))
             else:
                 answer.set_exception(LeanTransportError(
@@ -200,10 +202,12 @@ class _Connection(asyncio.BufferedProtocol):
         if status in (204, 304):
             self._length = 0
         elif transfer:
-            if transfer.rsplit(",", 1)[-1].strip() != "chunked":
+            if transfer != "chunked":  # "gzip, chunked" would hand the caller compressed bytes
                 raise LeanTransportError(f"the upstream used a transfer coding this client does not read: {transfer}")
             self._chunked = True
             self._chunk_at = self._body_start
+            if length is not None:  # both framings: chunked wins (RFC 9112), the connection is suspect
+                self._keep_alive = False
         elif length is not None:
             if not (length.isascii() and length.isdigit()) or int(length) > _MAX_BODY:
                 raise LeanTransportError("the upstream sent an invalid Content-Length")
@@ -223,22 +227,31 @@ class _Connection(asyncio.BufferedProtocol):
             if line_end < 0:
                 return
             size_text = bytes(self._view[self._chunk_at:line_end]).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise LeanTransportError("the upstream sent a malformed chunk size") from None
+            if _CHUNK_SIZE.fullmatch(size_text) is None:  # int(..., 16) would take "-6", "0x1f", "1_0"
+                raise LeanTransportError("the upstream sent a malformed chunk size")
+            size = int(size_text, 16)
+            if len(self._chunks) + size > _MAX_BODY:
+                raise LeanTransportError("the upstream's answer is too large")
             if size == 0:  # the last chunk: then trailer lines, if any, and an empty line
                 tail = line_end + 2
                 if self._filled < tail + 2:
                     return
-                if buffer.startswith(b"\r\n", tail) or buffer.find(b"\r\n\r\n", tail, self._filled) >= 0:
-                    self._finish(bytes(self._chunks))
+                if buffer.startswith(b"\r\n", tail):
+                    end = tail + 2
+                else:
+                    found = buffer.find(b"\r\n\r\n", tail, self._filled)
+                    if found < 0:
+                        return
+                    end = found + 4
+                if self._filled > end:
+                    self._keep_alive = False  # bytes after the answer: never reuse this connection
+                self._finish(bytes(self._chunks))
                 return
             data_start = line_end + 2
             if self._filled < data_start + size + 2:
                 return
-            if len(self._chunks) + size > _MAX_BODY:
-                raise LeanTransportError("the upstream's answer is too large")
+            if not buffer.startswith(b"\r\n", data_start + size):
+                raise LeanTransportError("the upstream sent a chunk longer than its size")
             self._chunks += self._view[data_start:data_start + size]
             self._chunk_at = data_start + size + 2
             if self._chunk_at > len(buffer) // 2:  # drop what was decoded, keep the rest
@@ -250,10 +263,14 @@ class _Connection(asyncio.BufferedProtocol):
     def _finish(self, body: bytes) -> None:
         encoding = next((v.lower() for k, v in self._headers if k == "content-encoding"), "identity")
         if encoding in ("gzip", "x-gzip", "deflate"):
+            inflate = zlib.decompressobj(wbits=47)  # gzip or zlib, told apart by the header
             try:
-                body = zlib.decompress(body, wbits=47)  # gzip or zlib, detected from the header
+                body = inflate.decompress(body, _MAX_BODY)
             except zlib.error:
                 self._answer_exception(LeanTransportError("the upstream's compressed answer is corrupt"))
+                return
+            if inflate.unconsumed_tail:  # it inflates past the size any answer may have
+                self._answer_exception(LeanTransportError("the upstream's answer is too large"))
                 return
         elif encoding not in ("identity", ""):
             self._answer_exception(LeanTransportError(f"the upstream used an encoding this client does not read: "

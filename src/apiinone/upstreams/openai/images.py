@@ -272,8 +272,9 @@ async def post_json_raw(client: LeanClient, target: RouteTarget, url: str, body:
         raise transport_error(target, exc) from None
     if response.status == 200:
         return response.body
-    raise error_from_response(target, httpx.Response(response.status, headers=response.headers,
-                                                     content=response.body))
+    framing = ("content-encoding", "content-length", "transfer-encoding")  # the body is already decoded
+    answered = [(name, value) for name, value in response.headers if name not in framing]
+    raise error_from_response(target, httpx.Response(response.status, headers=answered, content=response.body))
 
 
 def auth_headers(target: RouteTarget) -> dict[str, str]:
