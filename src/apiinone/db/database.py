@@ -47,9 +47,7 @@ class Database:
             loop = asyncio.get_running_loop()
             conn = self._pinned
             if conn is None or conn.closed or conn.invalidated or self._pinned_loop is not loop:
-                conn = await self.engine.connect()
-                if self.is_sqlite:
-                    conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+                conn = await self._open(write=True)
                 self._pinned, self._pinned_loop = conn, loop
             try:
                 yield conn
@@ -62,22 +60,27 @@ class Database:
             if lock is not None:
                 lock.release()
 
+    async def _open(self, *, write: bool) -> AsyncConnection:
+        """A new connection; one that writes on SQLite takes the write lock at BEGIN (IMMEDIATE)."""
+        conn = await self.engine.connect()
+        if write and self.is_sqlite:
+            conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
+        return conn
+
     @asynccontextmanager
     async def connect(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
-        if self._write_lock is not None and write:
-            async with self._write_lock:
-                conn = await self.engine.connect()
-                conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
-                try:
-                    yield conn
-                finally:
-                    await conn.close()
-            return
-        conn = await self.engine.connect()
+        lock = self._write_lock if write else None
+        if lock is not None:
+            await lock.acquire()
         try:
-            yield conn
+            conn = await self._open(write=write)
+            try:
+                yield conn
+            finally:
+                await conn.close()
         finally:
-            await conn.close()
+            if lock is not None:
+                lock.release()
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

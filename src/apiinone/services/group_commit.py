@@ -5,10 +5,10 @@ trips and a WAL flush) whatever it holds, and most of a request's statements can
 rows at once. Each kind of hot write is a *lane* (:class:`GroupCommit`: task creates, workers'
 completions, ends of direct tasks, holds of direct calls and their settlements) with its own
 ``write(uow, items)``; all the lanes of one database share one writer (:class:`_Committer`). It
-takes everything queued
-on every lane, runs each lane's ``write`` on its items in one transaction, commits once and wakes
-each caller with its own result. So a request's hold and another's settlement, a task's create and
-another's end, go to the disk together; at rest a lone request waits for no timer.
+takes everything queued on every lane, runs each lane's ``write`` on its items in one
+transaction, commits once and wakes each caller with its own result. So a request's hold and
+another's settlement, a task's create and another's end, go to the disk together; at rest a lone
+request waits for no timer.
 
 ``write`` returns one result per item, in order: a value, or an exception *instance* for an item
 that failed on its own (a hold that does not fit) without spoiling the others. If any ``write``
@@ -94,7 +94,6 @@ class GroupCommit(Generic[T, R]):
         task: asyncio.Task[None] = asyncio.ensure_future(self.abandoned(item, done.result()))
         self._cleanups.add(task)  # kept until it ends
         task.add_done_callback(self._cleanups.discard)
-
 
 
 async def drain(db: Database, timeout_s: float = 5.0) -> None:

@@ -227,7 +227,6 @@ class Metering:
         return [None] * len(settlements)
 
 
-
 def _log_entry(account_id: str, api_key_id: str | None, key_prefix: str | None, credits: int, at: int,
                record: RequestRecord, request_id: str | None, started_at_ms: int | None) -> RequestLogEntry:
     """A request's log row; without ``latency_ms`` in the record it is the time since ``started_at_ms``."""
