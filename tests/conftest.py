@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +34,20 @@ def require(available: bool, what: str, *, allow_module_level: bool = False) -> 
         pytest.fail(f"{what}: this part of the suite must run in CI (scripts/test.sh installs it)", pytrace=False)
     print(f"\n*** SKIPPED (outside CI only): {what} ***", file=sys.stderr)
     pytest.skip(f"outside CI only: {what}", allow_module_level=allow_module_level)
+
+
+def self_signed_cert(directory: Path, *, common_name: str, alt_name: str) -> tuple[Path, Path]:
+    """A throwaway certificate and key made with the openssl command (``alt_name`` as in
+    ``subjectAltName``: ``DNS:host`` or ``IP:127.0.0.1``); fails in CI without openssl."""
+    require(shutil.which("openssl") is not None, "the openssl command is not installed")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={common_name}",
+         "-addext", f"subjectAltName={alt_name}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
 
 
 def needs(available: bool, what: str) -> pytest.MarkDecorator:

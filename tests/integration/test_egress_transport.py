@@ -10,11 +10,9 @@ import asyncio
 import io
 import ipaddress
 import random
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +30,7 @@ from apiinone.net.egress import (
     guarded_transport,
 )
 from apiinone.net.fetch import InputFetchError, fetch_input_image
-from tests.conftest import require
+from tests.conftest import self_signed_cert
 
 STRICT = EgressPolicy()
 LOOPBACK = EgressPolicy.from_setting("127.0.0.0/8")
@@ -252,16 +250,7 @@ async def test_followed_redirect_to_closed_address_is_still_refused(server: Tiny
 
 @pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[Path, Path]:
-    require(shutil.which("openssl") is not None, "the openssl command is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=secure.test",
-         "-addext", "subjectAltName=DNS:secure.test"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return self_signed_cert(tmp_path, common_name="secure.test", alt_name="DNS:secure.test")
 
 
 async def test_tls_uses_the_hostname_for_sni_and_verification(tls_files: tuple[Path, Path]) -> None:

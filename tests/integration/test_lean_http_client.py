@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +18,7 @@ import pytest
 import uvloop
 
 from apiinone.upstreams.http1 import LeanClient, LeanTransportError
-from tests.conftest import require
+from tests.conftest import self_signed_cert
 
 
 @pytest.fixture(params=["asyncio", "uvloop"], scope="module")
@@ -280,15 +278,7 @@ async def test_concurrent_calls_each_get_their_own_answer(server: ScriptedServer
 
 @pytest.fixture
 def loopback_cert(tmp_path: Path) -> tuple[Path, Path]:
-    require(shutil.which("openssl") is not None, "the openssl command is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return self_signed_cert(tmp_path, common_name="127.0.0.1", alt_name="IP:127.0.0.1")
 
 
 async def test_https_verifies_the_server(loopback_cert: tuple[Path, Path]) -> None:
