@@ -39,6 +39,7 @@ import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -258,6 +259,9 @@ class FakeState:
         """Requests answered (counted when the answer is ready, after any latency)."""
         self.arrived = 0
         """Requests that reached the fake, counted before any latency: "the call is in flight"."""
+        self.in_flight = 0
+        """Requests being handled now (not reset: a live count). A request whose client hung up
+        before its body was read ends here unrecorded: uvicorn hands it ``http.disconnect``."""
 
     def record(self, rec: RecordedRequest) -> None:
         with self.lock:
@@ -499,7 +503,7 @@ async def _fault_response(fault: str) -> Response:
     from starlette.responses import StreamingResponse
 
     if fault == "hang":
-        await asyncio.Event().wait()  # until the client gives up and the server cancels us
+        await asyncio.Event().wait()  # forever: uvicorn never cancels a handler when its client hangs up
     if fault == "garbage":
         return Response(b"<html><body>502 Bad Gateway</body></html>", 200, media_type="application/json")
     if fault == "bad_image":
@@ -518,8 +522,6 @@ def build_app(state: FakeState) -> Starlette:
     """The ASGI app; ``state`` is shared with the controlling test or CLI."""
 
     async def answer(request: Request, rec: RecordedRequest, handle: Any) -> Response:
-        with state.lock:
-            state.arrived += 1
         denied = _check_auth(state, request)
         if denied is not None:
             resp = denied
@@ -756,7 +758,29 @@ def build_app(state: FakeState) -> Starlette:
         Route("/_fake/requests", ctl_requests, methods=["GET"]),
         Route("/_fake/files/{name}", ctl_file, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found},
+                     middleware=[Middleware(_CountArrivals, state=state)])
+
+
+class _CountArrivals:
+    """Counts API requests on arrival, before the body is read, and while they are handled."""
+
+    def __init__(self, app: Any, state: FakeState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"].startswith("/_fake/"):
+            await self.app(scope, receive, send)
+            return
+        with self.state.lock:
+            self.state.arrived += 1
+            self.state.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            with self.state.lock:
+                self.state.in_flight -= 1
 
 
 # --------------------------------------------------------------------------------------------- server
@@ -881,6 +905,14 @@ class FakeOpenAI:
         """How many API requests reached the fake since the last reset, counted on arrival, before
         any latency: a call counted here and not in ``received`` is in flight."""
         return self.state.arrived
+
+    async def settled(self, timeout_s: float = 30.0) -> None:
+        """Wait until no request is being handled (an abandoned call finishes its latency first),
+        so that it cannot land in a later test's record."""
+        deadline = time.monotonic() + timeout_s
+        while self.state.in_flight:
+            assert time.monotonic() < deadline, f"{self.state.in_flight} request(s) still in the fake"
+            await asyncio.sleep(0.02)
 
     @property
     def latency_ms(self) -> float:
