@@ -259,12 +259,15 @@ class FakeState:
         """Requests answered (counted when the answer is ready, after any latency)."""
         self.arrived = 0
         """Requests that reached the fake, counted before any latency: "the call is in flight"."""
-        self.in_flight = 0
-        """Requests being handled now (not reset: a live count). A request whose client hung up
-        before its body was read ends here unrecorded: uvicorn hands it ``http.disconnect``."""
+        self.generation = 0
+        """Bumped by ``reset``; each request carries the one it arrived in."""
 
-    def record(self, rec: RecordedRequest) -> None:
+    def record(self, rec: RecordedRequest, scope: Any) -> None:
+        """Keep ``rec`` unless the fake was reset since its request arrived: a call a client gave
+        up on before the reset must not land in the next test's record."""
         with self.lock:
+            if scope.get("fake.generation", self.generation) != self.generation:
+                return
             self.recorded.append(rec)
             self.received += 1
 
@@ -282,6 +285,7 @@ class FakeState:
             self.failures.clear()
             self.received = 0
             self.arrived = 0
+            self.generation += 1
 
     def precompute(self) -> None:
         for w, h in SIZES.values():
@@ -499,11 +503,13 @@ def _success(state: FakeState, request: Request, p: _ImageParams, input_images: 
     return Response(body, media_type="application/json")
 
 
-async def _fault_response(fault: str) -> Response:
+async def _fault_response(fault: str, request: Request) -> Response:
     from starlette.responses import StreamingResponse
 
     if fault == "hang":
-        await asyncio.Event().wait()  # forever: uvicorn never cancels a handler when its client hangs up
+        while (await request.receive())["type"] != "http.disconnect":
+            pass  # until the client hangs up (uvicorn never cancels a handler: it must see that itself)
+        return _json({}, 499)  # nginx's "client closed request": nobody reads it
     if fault == "garbage":
         return Response(b"<html><body>502 Bad Gateway</body></html>", 200, media_type="application/json")
     if fault == "bad_image":
@@ -531,7 +537,7 @@ def build_app(state: FakeState) -> Starlette:
             if state.latency_s or delay:
                 await asyncio.sleep(state.latency_s + delay)
             if failure is not None and failure.fault != "status":
-                resp = await _fault_response(failure.fault)
+                resp = await _fault_response(failure.fault, request)
             elif failure is not None:
                 body = failure.body if failure.body is not None else default_error_body(failure.status)
                 resp = _json(body, failure.status, failure.headers)
@@ -541,7 +547,7 @@ def build_app(state: FakeState) -> Starlette:
                 except _Invalid as exc:
                     resp = _json(exc.body, 400)
         rec.status = resp.status_code
-        state.record(rec)
+        state.record(rec, request.scope)
         return resp
 
     async def generations(request: Request) -> Response:
@@ -648,7 +654,7 @@ def build_app(state: FakeState) -> Starlette:
         denied = _check_auth(state, request)
         resp = denied or _json({"object": "list", "data": [_model_obj(m) for m in IMAGE_MODELS]})
         rec.status = resp.status_code
-        state.record(rec)
+        state.record(rec, request.scope)
         return resp
 
     async def get_model(request: Request) -> Response:
@@ -740,7 +746,7 @@ def build_app(state: FakeState) -> Starlette:
         else:
             resp = _json(openai_error("not found"), 404)
         rec.status = resp.status_code
-        state.record(rec)
+        state.record(rec, request.scope)
         return resp
 
     async def not_found(request: Request, exc: Exception) -> Response:
@@ -763,7 +769,8 @@ def build_app(state: FakeState) -> Starlette:
 
 
 class _CountArrivals:
-    """Counts API requests on arrival, before the body is read, and while they are handled."""
+    """Counts API requests on arrival, before the body is read, and tags each with the reset
+    generation it arrived in."""
 
     def __init__(self, app: Any, state: FakeState) -> None:
         self.app = app
@@ -775,12 +782,8 @@ class _CountArrivals:
             return
         with self.state.lock:
             self.state.arrived += 1
-            self.state.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            with self.state.lock:
-                self.state.in_flight -= 1
+            scope["fake.generation"] = self.state.generation
+        await self.app(scope, receive, send)
 
 
 # --------------------------------------------------------------------------------------------- server
@@ -905,14 +908,6 @@ class FakeOpenAI:
         """How many API requests reached the fake since the last reset, counted on arrival, before
         any latency: a call counted here and not in ``received`` is in flight."""
         return self.state.arrived
-
-    async def settled(self, timeout_s: float = 30.0) -> None:
-        """Wait until no request is being handled (an abandoned call finishes its latency first),
-        so that it cannot land in a later test's record."""
-        deadline = time.monotonic() + timeout_s
-        while self.state.in_flight:
-            assert time.monotonic() < deadline, f"{self.state.in_flight} request(s) still in the fake"
-            await asyncio.sleep(0.02)
 
     @property
     def latency_ms(self) -> float:

@@ -316,7 +316,22 @@ async def test_timeouts_end_as_upstream_timeout(fake: FakeOpenAI) -> None:
 
     assert caught.value.code == "timeout"
     assert fake.arrived == 2  # the first attempt and its retry, both abandoned after 0.1 s
-    await fake.settled()  # let the fake finish answering them before the next test
+
+
+async def test_the_fake_keeps_a_call_abandoned_before_its_reset_out_of_the_record(fake: FakeOpenAI) -> None:
+    """A test that gives up on a slow call must not find that call in the next test's record."""
+    fake.latency_ms = 300
+    body = {"model": "gpt-image-1.5", "prompt": "a red fox"}
+    headers = {"Authorization": f"Bearer {fake.api_key}"}
+    async with httpx.AsyncClient(base_url=fake.base_url, headers=headers) as client:
+        with pytest.raises(httpx.TimeoutException):
+            await client.post("/images/generations", json=body, timeout=0.1)
+        assert fake.arrived == 1
+        fake.reset()  # what the fixture does between tests
+        # the same latency: this answer comes after the abandoned call's sleep has ended
+        assert (await client.post("/images/generations", json=body, timeout=30)).status_code == 200
+    assert [(r.path, r.status) for r in fake.requests] == [("/v1/images/generations", 200)]
+    assert fake.arrived == fake.received == 1
 
 
 async def test_connection_refused_is_retried_then_upstream_error() -> None:
