@@ -909,6 +909,14 @@ class FakeOpenAI:
         any latency: a call counted here and not in ``received`` is in flight."""
         return self.state.arrived
 
+    async def wait_arrived(self, count: int, timeout_s: float = 30.0) -> None:
+        """Wait until ``count`` requests have arrived (the fake's thread may lag a busy test)."""
+        deadline = time.monotonic() + timeout_s
+        while self.state.arrived < count:
+            assert time.monotonic() < deadline, f"{self.state.arrived} of {count} requests arrived"
+            await asyncio.sleep(0.02)
+        assert self.state.arrived == count, f"{self.state.arrived} requests arrived, not {count}"
+
     @property
     def latency_ms(self) -> float:
         return self.state.latency_s * 1000

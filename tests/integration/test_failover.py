@@ -119,7 +119,7 @@ async def test_a_hanging_primary_times_out_and_fails_over(app: AppHarness,
     routes = {r["name"]: r for r in await app.container.routes.list_routes()}
     assert routes["primary"]["failures"] == 1 and "no answer within 1 s" in routes["primary"]["last_error"]
     assert await balance(caller) == {"balance": 90, "held": 0, "available": 90}
-    assert a.arrived == 1  # the primary was called and abandoned after its 1 s (the fake's reset
+    await a.wait_arrived(1)  # the primary was called and abandoned after its 1 s (the fake's reset
     # before the next test keeps its late answer out of that test's record)
 
 

@@ -315,7 +315,7 @@ async def test_timeouts_end_as_upstream_timeout(fake: FakeOpenAI) -> None:
         await provider.aclose()
 
     assert caught.value.code == "timeout"
-    assert fake.arrived == 2  # the first attempt and its retry, both abandoned after 0.1 s
+    await fake.wait_arrived(2)  # the first attempt and its retry, both abandoned after 0.1 s
 
 
 async def test_the_fake_keeps_a_call_abandoned_before_its_reset_out_of_the_record(fake: FakeOpenAI) -> None:
@@ -326,7 +326,7 @@ async def test_the_fake_keeps_a_call_abandoned_before_its_reset_out_of_the_recor
     async with httpx.AsyncClient(base_url=fake.base_url, headers=headers) as client:
         with pytest.raises(httpx.TimeoutException):
             await client.post("/images/generations", json=body, timeout=0.1)
-        assert fake.arrived == 1
+        await fake.wait_arrived(1)  # before the reset, whatever the fake thread's lag
         fake.reset()  # what the fixture does between tests
         # the same latency: this answer comes after the abandoned call's sleep has ended
         assert (await client.post("/images/generations", json=body, timeout=30)).status_code == 200
