@@ -75,7 +75,7 @@ async def app(tmp_path: Path, database_url: str, upstreams: tuple[FakeOpenAI, Fa
     monkeypatch.setenv("FO_KEY_A", a.api_key)
     monkeypatch.setenv("FO_KEY_B", b.api_key)
     settings = make_settings(tmp_path, database_url, models_file=catalog_file(tmp_path, a, b),
-                             breaker_failures=3, breaker_cooldown_s=1.0, route_attempts=3)
+                             breaker_failures=3, breaker_cooldown_s=60.0, route_attempts=3)
     async with AppHarness(settings) as harness:
         yield harness
 
@@ -84,6 +84,14 @@ async def run_task(caller: Caller, **body: Any) -> dict[str, Any]:
     r = await caller.post("/api/v1/images/generations", json={"model": MODEL, "prompt": "a red fox", **body})
     assert r.status_code == 202, r.text
     return await caller.wait_for(r.json()["task_id"])
+
+
+def end_the_cooldown(app: AppHarness) -> None:
+    """Moves the breakers' clock past the cooldown instead of sleeping through it: with a short
+    cooldown slept through, a slow machine could also end it early, before the test looks."""
+    board = app.container.breakers
+    clock = board.clock
+    board.clock = lambda: clock() + board.cooldown_ms + 1
 
 
 async def balance(caller: Caller) -> dict[str, Any]:
@@ -164,7 +172,7 @@ async def test_breaker_opens_after_n_failures_half_opens_after_cooldown_and_clos
         assert (await run_task(caller))["status"] == "succeeded"
     assert len(a.requests) == 3 and len(b.requests) == 6
 
-    await asyncio.sleep(1.1)  # the cooldown: the next call is the half-open probe, and it succeeds
+    end_the_cooldown(app)  # the next call is the half-open probe, and it succeeds
     assert (await run_task(caller))["status"] == "succeeded"
     assert len(a.requests) == 4 and a.requests[-1].status == 200
     routes = {r["name"]: r for r in await app.container.routes.list_routes()}
@@ -181,7 +189,7 @@ async def test_a_failed_half_open_probe_opens_the_route_again(
     a.fail_next(500, count=4)
     for _ in range(3):
         await run_task(caller)
-    await asyncio.sleep(1.1)
+    end_the_cooldown(app)
     assert (await run_task(caller))["status"] == "succeeded"  # probe fails → backup serves
     assert len(a.requests) == 4
     routes = {r["name"]: r for r in await app.container.routes.list_routes()}
