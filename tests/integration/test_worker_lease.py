@@ -38,14 +38,14 @@ async def test_a_released_and_re_leased_task_gets_a_new_token_and_the_old_run_ca
 
 async def test_the_worker_keeps_the_lease_of_a_long_task_alive_by_its_own_token(
         tmp_path: Path, sqlite_url: str) -> None:
-    settings = make_settings(tmp_path, sqlite_url, task_lease_s=0.6)
+    settings = make_settings(tmp_path, sqlite_url, task_lease_s=1.5)  # a heartbeat each 0.5 s
     async with AppHarness(settings) as app:
         gated = GatedProvider()
         app.container.adapters.register("local-typeset", gated)
         caller = await app.caller(credits=10)
         r = await caller.post("/api/v1/images/generations", json={"model": "local-typeset", "prompt": "p"})
         await asyncio.wait_for(gated.started.wait(), 10)
-        await asyncio.sleep(1.5)  # well past one lease: only heartbeats with this lease's token keep it
+        await asyncio.sleep(4.0)  # well past two leases: only heartbeats with this lease's token keep it
         task = await app.container.tasks.get_task(caller.account_id, r.json()["task_id"])
         assert task.status is TaskStatus.RUNNING and task.attempts == 1
         gated.gate.set()
