@@ -7,6 +7,7 @@ once against the fakes (so the fakes speak what real clients expect)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from apiinone.upstreams.replicate.adapter import ReplicateAdapter
 from apiinone.upstreams.veo.adapter import VeoAdapter
 from tests.conftest import AppHarness, Caller, make_settings
 from tests.fakes.fake_media import FakeMediaUpstream
+from tests.waiting import until as wait_until
 
 VIDEO = "/api/v1/videos/generations"
 AUDIO = "/api/v1/audio/generations"
@@ -89,14 +91,7 @@ async def credits(caller: Caller) -> dict[str, Any]:
     return body
 
 
-async def until(check: Any, what: str, timeout: float = 30.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+until = functools.partial(wait_until, timeout=30.0, interval=0.02)
 
 
 # ------------------------------------------------------------------------- through the whole stack

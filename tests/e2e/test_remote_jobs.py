@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 
 from tests.conftest import AppHarness, make_settings
 from tests.fakes.fake_media import FakeMediaUpstream
+from tests.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -45,14 +45,6 @@ pricing = {{ per_second = {{ "720p" = 2 }} }}
     return path
 
 
-async def until(check: Any, what: str, timeout: float = 60.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def all_followed(fake: FakeMediaUpstream, count: int, polls: int = 1) -> Any:

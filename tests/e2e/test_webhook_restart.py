@@ -10,6 +10,7 @@ restart the webhook arrives, signed, with the ``webhook-id`` it had before the c
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from tests.fakes.webhook_receiver import Reply, WebhookReceiver, loopback_socket
+from tests.waiting import until as wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -101,14 +103,7 @@ async def deliveries(client: httpx.AsyncClient, task_id: str) -> list[dict[str, 
     return data
 
 
-async def until(check: Any, what: str, timeout: float = 60.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
+until = functools.partial(wait_until, timeout=60.0, interval=0.1)
 
 
 @pytest.mark.parametrize("crash_point", ["receiver_down", "attempt_in_flight"])
